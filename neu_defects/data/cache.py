@@ -1,0 +1,32 @@
+"""Decode every indexed image once into RAM as uint8 arrays (NEU is ~72 MB gray at 200 x 200)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+from rich.progress import track
+
+from neu_defects.data.index import DatasetIndex
+from neu_defects.data.io import decode_image, resize
+
+log = logging.getLogger(__name__)
+
+
+def load_images(index: DatasetIndex, channels: int, size: int) -> tuple[np.ndarray, list[str]]:
+    """Return (N, size, size, channels) uint8 images and a pixel hash per image.
+
+    Hashes are taken before resizing, on the decoded pixels, so two files with the same pixels
+    (whatever their encoding) share a hash and can be kept on one side of a split.
+    """
+    start = time.perf_counter()
+    images = np.empty((len(index.samples), size, size, channels), dtype=np.uint8)
+    hashes = []
+    for i, sample in enumerate(track(index.samples, description="decoding images", transient=True)):
+        array = decode_image(index.abspath(sample), channels)
+        hashes.append(hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest())
+        images[i] = resize(array, size)
+    log.info("decoded %d images (%s) in %.1f s", len(images), index.layout, time.perf_counter() - start)
+    return images, hashes

@@ -1,0 +1,114 @@
+"""``NEUDataModule``: the NEU splits as Lightning dataloaders.
+
+It owns the flow index -> split -> decoded cache -> augmented tensors. The model decides the
+input it wants (channels, normalisation, size); the data module serves exactly that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from neu_defects.data.cache import load_images
+from neu_defects.data.dataset import ArrayDataset, EpochShuffleSampler
+from neu_defects.data.index import DatasetIndex, build_index
+from neu_defects.data.splits import SPLITS, assign_splits, read_split_csv, write_split_csv
+from neu_defects.data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+
+class NEUDataModule(LightningDataModule):
+    def __init__(
+        self,
+        root: str | None = None,
+        layout: str = "auto",
+        split: str | int = "70_15_15",
+        val_fraction: float = 0.1,
+        fold: int | None = None,
+        folds: int = 5,
+        split_file: str | None = None,
+        seed: int = 0,
+        image_size: int = 64,
+        in_chans: int = 1,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        augment: Mapping[str, A.BasicTransform | None] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        output_dir: str | None = None,
+    ):
+        super().__init__()
+        self.root, self.layout = root, layout
+        self.split, self.val_fraction, self.fold, self.folds = split, val_fraction, fold, folds
+        self.split_file, self.seed = split_file, seed
+        self.image_size, self.in_chans, self.mean, self.std = image_size, in_chans, tuple(mean), tuple(std)
+        self.augment = augment
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.output_dir = num_workers, output_dir
+        self.index: DatasetIndex | None = None
+        self.assignment: list[str | None] = []
+        self.datasets: dict[str, ArrayDataset] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        self.prepare_index()
+        return self.index.class_names
+
+    def prepare_index(self) -> DatasetIndex:
+        if self.index is None:
+            self.index = build_index(self.root, self.layout)
+        return self.index
+
+    def split_indices(self, name: str) -> np.ndarray:
+        return np.array([i for i, s in enumerate(self.assignment) if s == name], dtype=np.int64)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        index = self.prepare_index()
+        images, hashes = load_images(index, self.in_chans, self.image_size)
+        labels = np.array([s.label for s in index.samples], dtype=np.int64)
+        if self.split_file:
+            self.assignment = read_split_csv(self.split_file, index)
+        else:
+            self.assignment = assign_splits(labels, hashes, split=self.split, seed=self.seed,
+                                            val_fraction=self.val_fraction, fold=self.fold, folds=self.folds)
+        if self.output_dir:
+            write_split_csv(Path(self.output_dir) / "split.csv", index, self.assignment)
+        plain = build_transform(self.mean, self.std)
+        for name in SPLITS:
+            idx = self.split_indices(name)
+            train = name == "train"
+            transform = build_transform(self.mean, self.std, self.augment) if train else plain
+            self.datasets[name] = ArrayDataset(images[idx], labels[idx], transform, self.seed if train else None)
+        counts = {name: len(ds) for name, ds in self.datasets.items()}
+        log.info("split %s: %s", "from " + str(self.split_file) if self.split_file else self.split, counts)
+
+    def _loader(self, name: str) -> DataLoader:
+        dataset = self.datasets[name]
+        train = name == "train"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=EpochShuffleSampler(dataset, self.seed) if train else None,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
