@@ -1,0 +1,1 @@
+"""Models: plain ``nn.Module`` nets (``nets/``) apart from the LightningModules that train them."""

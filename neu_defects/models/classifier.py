@@ -1,0 +1,104 @@
+"""``ClassifierModule``: trains any classification net with cross-entropy and logs torchmetrics.
+
+The net (a plain ``nn.Module``) owns the maths and its input normalisation; this module owns the
+steps, the optimiser, the metrics and the test-set predictions that reports are drawn from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import nn
+
+from neu_defects.metrics import classification_metrics, flatten
+
+
+class ClassifierModule(LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        class_names: Sequence[str] = (),
+        image_size: int = 64,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        num_classes = len(self.class_names)
+        self.val_metrics = classification_metrics(num_classes)
+        self.test_metrics = classification_metrics(num_classes)
+        self.train_acc = self.val_metrics["acc"].clone()
+        # Filled by train/eval entry points so a checkpoint can rebuild this module on its own.
+        self.build_config: dict[str, Any] | None = None
+        self.test_probs: list[torch.Tensor] = []
+        self.test_targets: list[torch.Tensor] = []
+
+    @property
+    def input_spec(self) -> dict[str, Any]:
+        """What the data pipeline must feed this model."""
+        return {"in_chans": self.net.in_chans, "mean": list(self.net.mean), "std": list(self.net.std),
+                "image_size": self.image_size}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", self.criterion(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.val_metrics.update(logits.softmax(-1), y)
+
+    def on_validation_epoch_end(self):
+        values = flatten(self.val_metrics.compute(), "val", self.class_names)
+        self.log("val/acc", values.pop("val/acc"), prog_bar=True)
+        self.log_dict(values)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self):
+        self.test_probs, self.test_targets = [], []
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("test/loss", self.criterion(logits, y), batch_size=len(y), sync_dist=True)
+        probs = logits.softmax(-1)
+        self.test_metrics.update(probs, y)
+        self.test_probs.append(probs.detach().cpu())
+        self.test_targets.append(y.detach().cpu())
+
+    def on_test_epoch_end(self):
+        self.log_dict(flatten(self.test_metrics.compute(), "test", self.class_names))
+        self.test_metrics.reset()
+
+    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, targets) of the last test run, in test-loader order."""
+        return torch.cat(self.test_probs), torch.cat(self.test_targets)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["neu_defects"] = {"task": "classifier", "config": self.build_config,
+                                     "class_names": self.class_names, "input_spec": self.input_spec}

@@ -1,0 +1,5 @@
+"""Plain ``nn.Module`` networks: the maths, with no training logic."""
+
+from neu_defects.models.nets.cnn import DefectCNN
+
+__all__ = ["DefectCNN"]
