@@ -1,0 +1,46 @@
+"""What every Hydra entry point shares: one-line user errors and building objects from config."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from neu_defects.errors import UserError
+
+log = logging.getLogger("neu_defects")
+
+
+def quiet_libraries() -> None:
+    """Silence the update check and the warnings that carry no action for a user of this tool."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+
+
+def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into one line on stderr and exit status 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            print(f"neu-defects: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def instantiate_dict(cfg: DictConfig | None, **kwargs) -> list[Any]:
+    """Build each named entry of a dict config (callbacks, loggers); ``null`` entries are off."""
+    if not cfg:
+        return []
+    return [instantiate(entry, **kwargs) for entry in cfg.values() if entry is not None and "_target_" in entry]

@@ -1,0 +1,66 @@
+"""``python -m neu_defects.eval ckpt_path=PATH``: test a checkpoint and write the same reports as train.
+
+The model is rebuilt from the checkpoint alone. The split is, in order: ``data.split_file``, the
+``split.csv`` of the run that wrote the checkpoint, else made anew from the data config's seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from neu_defects.checkpoint import load_module
+from neu_defects.cli import exit_on_user_error, instantiate_dict, log, quiet_libraries
+from neu_defects.data import build_index
+from neu_defects.errors import UserError
+from neu_defects.io_utils import write_json
+from neu_defects.reports import write_classification_outputs
+from neu_defects.train import test_metrics
+
+
+def default_split_file(ckpt_path: Path) -> Path | None:
+    """The split.csv two levels up from <run>/checkpoints/<name>.ckpt, if that run wrote one."""
+    candidate = ckpt_path.resolve().parent.parent / "split.csv"
+    return candidate if candidate.is_file() else None
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    quiet_libraries()
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = Path(cfg.ckpt_path)
+    model = load_module(ckpt_path, task="classifier")
+    index = build_index(cfg.data.root, cfg.data.layout)
+    if index.class_names != model.class_names:
+        raise UserError(f"the data at {index.root} has classes {index.class_names}, but checkpoint {ckpt_path} "
+                        f"was trained on {model.class_names}: point data.root at the dataset it was trained on")
+    with open_dict(cfg):
+        if not cfg.data.split_file and (split_file := default_split_file(ckpt_path)):
+            log.info("using the training run's split %s", split_file)
+            cfg.data.split_file = str(split_file)
+        cfg.data.image_size = model.image_size
+    spec = model.input_spec
+    datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"], augment=None)
+    datamodule.index = index
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=instantiate_dict(cfg.get("callbacks")))
+    trainer.test(model, datamodule=datamodule)
+    metrics = test_metrics(trainer)
+    probs, targets = model.test_predictions()
+    write_classification_outputs(run_dir, probs, targets, index.class_names)
+    write_json(run_dir / "metrics.json", metrics)
+    log.info("test/acc %.4f on %d images; outputs in %s", metrics["test/acc"], len(targets), run_dir)
+    return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(evaluate)(cfg)
+
+
+if __name__ == "__main__":
+    main()

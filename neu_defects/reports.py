@@ -1,0 +1,113 @@
+"""Reports of a test run: metrics.json, classification report and plots, written whole."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
+
+from neu_defects.io_utils import write_text  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def text_report(probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> str:
+    preds = probs.argmax(-1).numpy()
+    labels = list(range(len(class_names)))
+    report = classification_report(targets.numpy(), preds, labels=labels, target_names=list(class_names),
+                                   digits=4, zero_division=0)
+    cm = confusion_matrix(targets.numpy(), preds, labels=labels)
+    width = max(len(c) for c in class_names)
+    rows = [" " * (width + 2) + " ".join(f"{i:>5d}" for i in labels)]
+    rows += [f"{c:>{width}} {i}" + " ".join(f"{v:>5d}" for v in cm[i]) for i, c in enumerate(class_names)]
+    return f"{report}\nconfusion matrix (rows: true class, columns: predicted class index)\n" + "\n".join(rows) + "\n"
+
+
+def plot_confusion_matrix(path, probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> Path:
+    cm = confusion_matrix(targets.numpy(), probs.argmax(-1).numpy(), labels=list(range(len(class_names))))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, j in np.ndindex(cm.shape):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"confusion matrix: accuracy {acc:.4f} on {cm.sum()} images")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
+def plot_roc_ovr(path, probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    y, p = targets.numpy(), probs.numpy()
+    for k, name in enumerate(class_names):
+        positive = y == k
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, p[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(positive, p[:, k]):.4f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("one-vs-rest ROC, test split")
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, dict[int, float]]:
+    """Lightning CSVLogger's metrics.csv -> {metric: {epoch: value}} (last value per epoch)."""
+    series: dict[str, dict[int, float]] = {}
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value not in ("", None):
+                    series.setdefault(key, {})[epoch] = float(value)
+    return series
+
+
+def plot_training_curves(path, metrics_csv: str | Path) -> Path:
+    series = read_metrics_csv(metrics_csv)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind in zip(axes, ("loss", "acc"), strict=True):
+        for stage in ("train", "val"):
+            values = series.get(f"{stage}/{kind}", {})
+            if values:
+                epochs = sorted(values)
+                ax.plot([e + 1 for e in epochs], [values[e] for e in epochs], marker="o", ms=3, label=stage)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(kind)
+        ax.set_title(f"{kind} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def write_classification_outputs(run_dir: str | Path, probs: torch.Tensor, targets: torch.Tensor,
+                                 class_names: Sequence[str]) -> None:
+    """classification_report.txt, plots/confusion_matrix.png and plots/roc_ovr.png for a test run."""
+    run_dir = Path(run_dir)
+    write_text(run_dir / "classification_report.txt", text_report(probs, targets, class_names))
+    plot_confusion_matrix(run_dir / "plots" / "confusion_matrix.png", probs, targets, class_names)
+    plot_roc_ovr(run_dir / "plots" / "roc_ovr.png", probs, targets, class_names)
+
