@@ -56,6 +56,8 @@ class NEUDataModule(LightningDataModule):
         self.index: DatasetIndex | None = None
         self.assignment: list[str | None] = []
         self.datasets: dict[str, ArrayDataset] = {}
+        # Index positions (into self.index.samples) of each split's dataset, in loader order.
+        self.dataset_indices: dict[str, np.ndarray] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -69,6 +71,11 @@ class NEUDataModule(LightningDataModule):
 
     def split_indices(self, name: str) -> np.ndarray:
         return np.array([i for i, s in enumerate(self.assignment) if s == name], dtype=np.int64)
+
+    def members(self, name: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index positions of a split's samples and their targets (here: the class labels)."""
+        idx = self.split_indices(name)
+        return idx, labels[idx]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -85,10 +92,11 @@ class NEUDataModule(LightningDataModule):
             write_split_csv(Path(self.output_dir) / "split.csv", index, self.assignment)
         plain = build_transform(self.mean, self.std)
         for name in SPLITS:
-            idx = self.split_indices(name)
+            idx, targets = self.members(name, labels)
             train = name == "train"
             transform = build_transform(self.mean, self.std, self.augment) if train else plain
-            self.datasets[name] = ArrayDataset(images[idx], labels[idx], transform, self.seed if train else None)
+            self.datasets[name] = ArrayDataset(images[idx], targets, transform, self.seed if train else None)
+            self.dataset_indices[name] = idx
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         log.info("split %s: %s", "from " + str(self.split_file) if self.split_file else self.split, counts)
 

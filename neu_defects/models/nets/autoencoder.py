@@ -1,0 +1,146 @@
+"""Reconstruction models for anomaly detection, anomalib style.
+
+In train mode ``forward`` returns what the loss needs; in eval mode it returns
+``(image score, anomaly map)`` with the map at input resolution.
+
+- ``ConvAutoencoder``: the first seed project's pixel autoencoder (stride-2 convolutions to a dense
+  bottleneck and back), scored by per-pixel ``mse``, ``l1`` or ``ssim`` error. Pixel error tracks
+  texture complexity, not abnormality, on NEU: kept as the baseline it is.
+- ``FeatureAutoencoder``: reconstructs the frozen pretrained features of each patch through a 1 x 1
+  convolutional bottleneck (feature reconstruction, cf. Shi et al. 2021 "DFR"). Normal texture is
+  reconstructed well whatever its complexity; defects leave the learned feature manifold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neu_defects.models.nets.features import FrozenFeatures
+
+SCORES = ("mse", "l1", "ssim")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return x
+    radius = max(1, int(round(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5, c1: float = 0.01**2, c2: float = 0.03**2):
+    """Per-pixel structural similarity of images in [0, 1] (Wang et al. 2004), averaged over channels."""
+    mu_a, mu_b = gaussian_blur(a, sigma), gaussian_blur(b, sigma)
+    var_a = gaussian_blur(a * a, sigma) - mu_a**2
+    var_b = gaussian_blur(b * b, sigma) - mu_b**2
+    cov = gaussian_blur(a * b, sigma) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean(dim=1, keepdim=True)
+
+
+class ConvAutoencoder(nn.Module):
+    trainable = True
+
+    def __init__(self, in_chans: int = 1, image_size: int = 64, widths: Sequence[int] = (32, 64, 128),
+                 latent_dim: int = 128, score: str = "mse", map_sigma: float = 2.0, noise_std: float = 0.0,
+                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
+        super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"score={score!r}: use one of {SCORES}")
+        self.in_chans, self.score, self.map_sigma, self.noise_std = in_chans, score, map_sigma, noise_std
+        self.mean, self.std = tuple(mean) * (in_chans // len(mean)), tuple(std) * (in_chans // len(std))
+        enc, c = [], in_chans
+        for w in widths:
+            enc += [nn.Conv2d(c, w, 4, stride=2, padding=1), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, inplace=True)]
+            c = w
+        self.encoder = nn.Sequential(*enc)
+        side = image_size // 2 ** len(widths)
+        self.bottleneck_shape = (c, side, side)
+        self.to_latent = nn.Linear(c * side * side, latent_dim)
+        self.from_latent = nn.Linear(latent_dim, c * side * side)
+        dec = []
+        for w in [*reversed(widths[:-1]), None]:
+            out = w or in_chans
+            dec.append(nn.ConvTranspose2d(c, out, 4, stride=2, padding=1))
+            if w is not None:
+                dec += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = out
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_latent(self.encoder(x).flatten(1))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.from_latent(self.encode(x)).view(-1, *self.bottleneck_shape))
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the input normalisation: errors and SSIM are defined on [0, 1] intensities."""
+        mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = x.new_tensor(self.std).view(1, -1, 1, 1)
+        return x * std + mean
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        noisy = x + self.noise_std * torch.randn_like(x) if self.noise_std > 0 else x
+        return F.mse_loss(self.reconstruct(noisy), x)
+
+    def anomaly_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        a, b = self._unit(x), self._unit(recon)
+        if self.score == "ssim":
+            amap = 1 - ssim_map(a, b)
+        elif self.score == "l1":
+            amap = (a - b).abs().mean(dim=1, keepdim=True)
+        else:
+            amap = ((a - b) ** 2).mean(dim=1, keepdim=True)
+        return gaussian_blur(amap, self.map_sigma)
+
+    def forward(self, x: torch.Tensor):
+        recon = self.reconstruct(x)
+        if self.training:
+            return recon
+        amap = self.anomaly_map(x, recon)
+        return amap.flatten(1).mean(dim=1), amap
+
+
+class FeatureAutoencoder(nn.Module):
+    trainable = True
+
+    def __init__(self, features: FrozenFeatures, hidden: int = 128, bottleneck: int = 32,
+                 score_quantile: float = 0.99, map_sigma: float = 4.0):
+        super().__init__()
+        self.features = features
+        self.in_chans = 3
+        self.mean, self.std = tuple(features.data_config["mean"]), tuple(features.data_config["std"])
+        c = features.num_channels
+        # Per-channel standardisation of the target features, learned from normal images only.
+        self.norm = nn.BatchNorm2d(c, affine=False)
+        self.encoder = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                                     nn.Conv2d(hidden, bottleneck, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(bottleneck, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                                     nn.Conv2d(hidden, c, 1))
+        self.score_quantile, self.map_sigma = score_quantile, map_sigma
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.norm(self.features(x))).mean(dim=(2, 3))
+
+    def _error(self, x: torch.Tensor) -> torch.Tensor:
+        target = self.norm(self.features(x))
+        return ((self.decoder(self.encoder(target)) - target) ** 2).mean(dim=1, keepdim=True)
+
+    def training_loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self._error(x).mean()
+
+    def forward(self, x: torch.Tensor):
+        error = self._error(x)
+        if self.training:
+            return error
+        amap = gaussian_blur(F.interpolate(error, size=x.shape[-2:], mode="bilinear", align_corners=False),
+                             self.map_sigma)
+        return torch.quantile(amap.flatten(1), self.score_quantile, dim=1), amap

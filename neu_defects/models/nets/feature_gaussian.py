@@ -1,0 +1,86 @@
+"""``FeatureGaussian``: a Gaussian of normal-image features, scored by Mahalanobis distance.
+
+``pooled``: one Gaussian of the globally averaged feature vector. ``patch`` (PaDiM-style, Defard et
+al. 2021): one Gaussian per feature-map position, giving an anomaly map; the image score is its
+maximum. Covariances use Ledoit-Wolf shrinkage, since a class has ~200 normal images for
+hundreds of feature dimensions. Fitting needs no gradients: ``update`` gathers features batch by
+batch and ``finalize`` solves for means and precisions, which are buffers and travel in checkpoints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+from torch import nn
+
+from neu_defects.models.nets.features import FrozenFeatures
+
+
+class FeatureGaussian(nn.Module):
+    trainable = False
+
+    def __init__(self, features: FrozenFeatures, mode: str = "pooled", max_channels: int = 100, seed: int = 0):
+        super().__init__()
+        if mode not in ("pooled", "patch"):
+            raise ValueError(f"mode={mode!r}: use 'pooled' or 'patch'")
+        self.features, self.mode = features, mode
+        self.in_chans = 3
+        self.mean, self.std = tuple(features.data_config["mean"]), tuple(features.data_config["std"])
+        c = features.num_channels
+        # PaDiM's random channel subset keeps per-position covariances small and well conditioned.
+        keep = c if mode == "pooled" else min(c, max_channels)
+        channels = torch.randperm(c, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
+        self.register_buffer("channels", channels)
+        self.register_buffer("mu", torch.zeros(0))
+        self.register_buffer("precision", torch.zeros(0))
+        self._gathered: list[torch.Tensor] = []
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The fitted statistics are sized by the data; take the checkpoint's shapes before loading.
+        for name in ("mu", "precision"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(x)[:, self.channels]
+        return maps.mean(dim=(2, 3)) if self.mode == "pooled" else maps
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        self._gathered.append(self._embed(x).cpu())
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        data = torch.cat(self._gathered).double()
+        self._gathered = []
+        if self.mode == "pooled":
+            est = LedoitWolf().fit(data.numpy())
+            self.mu = torch.from_numpy(est.location_).float()
+            self.precision = torch.from_numpy(est.precision_).float()
+            return
+        n, c, h, w = data.shape
+        per_position = data.permute(2, 3, 0, 1).reshape(h * w, n, c).numpy()
+        mus, precisions = [], []
+        for samples in per_position:
+            est = LedoitWolf().fit(samples)
+            mus.append(est.location_)
+            precisions.append(est.precision_)
+        self.mu = torch.from_numpy(np.stack(mus)).float().reshape(h, w, c)
+        self.precision = torch.from_numpy(np.stack(precisions)).float().reshape(h, w, c, c)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image score, anomaly map at input resolution)."""
+        if self.mu.numel() == 0:
+            raise RuntimeError("FeatureGaussian is not fitted: run training (update/finalize) first")
+        emb = self._embed(x)
+        if self.mode == "pooled":
+            d = emb - self.mu
+            score = torch.einsum("nc,cd,nd->n", d, self.precision, d).clamp_min(0).sqrt()
+            return score, score[:, None, None, None].expand(-1, 1, *x.shape[-2:])
+        d = emb.permute(0, 2, 3, 1) - self.mu
+        dist = torch.einsum("nhwc,hwcd,nhwd->nhw", d, self.precision, d).clamp_min(0).sqrt()
+        amap = F.interpolate(dist[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return amap.flatten(1).amax(dim=1), amap
