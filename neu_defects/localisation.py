@@ -1,0 +1,150 @@
+"""How well a saliency map localises annotated defects: pointing game, energy in box, IoU.
+
+Boxes are Pascal-VOC ``(xmin, ymin, xmax, ymax)`` in the original image's pixel frame, 1-based and
+inclusive, so a box covers the continuous span ``[xmin - 1, xmax]``; ``box_mask`` rasterises the
+union of an image's boxes onto the map grid (the resized model input). Every score is defined so
+that a uniform map scores the box coverage (the share of the image inside boxes): that is the
+chance level, and it is also what a point drawn uniformly at random scores in the pointing game.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from neu_defects.errors import UserError
+
+Box = tuple[float, float, float, float]
+SCORES = ("pointing_game", "energy_in_box", "iou")
+
+
+def original_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"cannot read the size of image {path} ({err}): replace or remove the file") from err
+
+
+def split_positions(datamodule, split: str) -> list[int]:
+    """Index positions (into ``datamodule.index.samples``) of a split's dataset items, in loader order."""
+    positions = getattr(datamodule, "dataset_indices", {}).get(split)
+    return list(datamodule.split_indices(split) if positions is None else positions)
+
+
+def scale_boxes(boxes: Sequence[Box], original: tuple[int, int], size: tuple[int, int]) -> list[Box]:
+    """VOC boxes in the original (width, height) frame -> 0-based continuous boxes in a (width, height) frame."""
+    sx, sy = size[0] / original[0], size[1] / original[1]
+    return [((x0 - 1) * sx, (y0 - 1) * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
+
+
+def box_mask(boxes: Sequence[Box], original: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (H, W) mask of the pixels whose centre lies in the union of the boxes."""
+    height, width = shape
+    mask = np.zeros(shape, dtype=bool)
+    cy, cx = np.arange(height) + 0.5, np.arange(width) + 0.5
+    for x0, y0, x1, y1 in scale_boxes(boxes, original, (width, height)):
+        rows = (cy >= y0) & (cy <= y1)
+        cols = (cx >= x0) & (cx <= x1)
+        mask |= rows[:, None] & cols[None, :]
+    return mask
+
+
+def _nonnegative(cam_map: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(cam_map, dtype=np.float64), 0, None)
+
+
+def pointing_game(cam_map: np.ndarray, mask: np.ndarray) -> float:
+    """1 if the map's maximum lies in a box, 0 if not; ties score the share of maxima inside
+    (the expected hit when the tie is broken at random), so a flat map scores the coverage."""
+    cam_map = np.asarray(cam_map, dtype=np.float64)
+    peaks = cam_map >= cam_map.max()
+    return float((peaks & mask).sum() / peaks.sum())
+
+
+def energy_in_box(cam_map: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the (non-negative) map mass inside the boxes; an all-zero map counts as flat."""
+    cam_map = _nonnegative(cam_map)
+    total = cam_map.sum()
+    return float(cam_map[mask].sum() / total) if total > 0 else float(mask.mean())
+
+
+def threshold_iou(cam_map: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of {map >= threshold * max} with the union of boxes."""
+    cam_map = _nonnegative(cam_map)
+    peak = cam_map.max()
+    region = cam_map >= threshold * peak if peak > 0 else np.ones_like(mask)
+    union = (region | mask).sum()
+    return float((region & mask).sum() / union) if union else 0.0
+
+
+def localisation_scores(cam_map: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    return {"pointing_game": pointing_game(cam_map, mask), "energy_in_box": energy_in_box(cam_map, mask),
+            "iou": threshold_iou(cam_map, mask, threshold)}
+
+
+@dataclass
+class LocalisationTally:
+    """Per-image scores collected over a split, summarised overall (mean over images) and per class."""
+
+    class_names: Sequence[str]
+    threshold: float = 0.5
+    labels: list[int] = field(default_factory=list)
+    coverage: list[float] = field(default_factory=list)
+    scores: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in SCORES})
+
+    def add(self, cam_map: np.ndarray, mask: np.ndarray, label: int) -> None:
+        for key, value in localisation_scores(cam_map, mask, self.threshold).items():
+            self.scores[key].append(value)
+        self.labels.append(int(label))
+        self.coverage.append(float(mask.mean()))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def summary(self, prefix: str = "cam") -> dict[str, float]:
+        """``{cam_pointing_game: .., cam_pointing_game/<class>: .., …, cam_chance: .., cam_chance/<class>: ..}``;
+        classes without annotated images are left out."""
+        labels = np.asarray(self.labels)
+        columns = {**{k: np.asarray(v) for k, v in self.scores.items()}, "chance": np.asarray(self.coverage)}
+        out = {}
+        for key, values in columns.items():
+            out[f"{prefix}_{key}"] = float(values.mean())
+            for k, name in enumerate(self.class_names):
+                if (labels == k).any():
+                    out[f"{prefix}_{key}/{name}"] = float(values[labels == k].mean())
+        return out
+
+
+def plot_localisation(path: str | Path, summary: dict[str, float], class_names: Sequence[str], title: str,
+                      prefix: str = "cam") -> Path:
+    """Grouped bars per class (and overall) for each score, with the chance level marked."""
+    import matplotlib.pyplot as plt
+
+    from neu_defects.reports import save_figure
+
+    groups = ["overall", *[c for c in class_names if f"{prefix}_chance/{c}" in summary]]
+
+    def value(key: str, group: str) -> float:
+        return summary[f"{prefix}_{key}" if group == "overall" else f"{prefix}_{key}/{group}"]
+
+    fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 4.2))
+    x = np.arange(len(groups))
+    width = 0.26
+    for i, key in enumerate(SCORES):
+        ax.bar(x + (i - 1) * width, [value(key, g) for g in groups], width, label=key.replace("_", " "))
+    for j, group in enumerate(groups):
+        ax.hlines(value("chance", group), j - 1.5 * width, j + 1.5 * width, colors="k", linestyles="--",
+                  label="chance (box coverage)" if j == 0 else None)
+    ax.set_xticks(x, groups, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", ncols=2)
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
