@@ -1,0 +1,5 @@
+"""Lightning callbacks that every run can switch on or off from ``conf/callbacks``."""
+
+from neu_defects.callbacks.gradcam import GradCAMCallback
+
+__all__ = ["GradCAMCallback"]
