@@ -1,0 +1,187 @@
+"""``python -m neu_defects.cam_study experiment=cam_localisation ckpt_path=PATH``: which CAM localises defects.
+
+For one trained classifier, every method x target layer x smoothing setting is scored on the
+test split against the NEU-DET boxes (pointing game, energy in box, IoU), with the map of the
+true class, overall and per class, beside the chance row (a uniform map, or a point drawn
+uniformly, scores the box coverage). Writes ``results.csv``, ``table.md`` and
+``cam_localisation_best.png`` to the run directory. Combinations are ranked by the mean of
+pointing game and energy in box.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, open_dict
+
+from neu_defects.cam import cam_grid, candidate_layers, check_method, resolve_layer, trace_feature_maps
+from neu_defects.checkpoint import load_module
+from neu_defects.cli import exit_on_user_error, log, quiet_libraries
+from neu_defects.data import build_index
+from neu_defects.errors import UserError
+from neu_defects.eval import default_split_file
+from neu_defects.io_utils import atomic_write, write_text
+from neu_defects.localisation import (
+    SCORES,
+    LocalisationTally,
+    box_mask,
+    original_size,
+    plot_localisation,
+    split_positions,
+)
+
+SMOOTHING = {"none": (False, False), "aug": (True, False), "eigen": (False, True), "both": (True, True)}
+
+
+def _settings(study: DictConfig) -> tuple[list[str], list[str]]:
+    methods = [check_method(m) for m in study.methods]
+    smoothing = list(study.smoothing)
+    unknown = [s for s in smoothing if s not in SMOOTHING]
+    if unknown:
+        raise UserError(f"study.smoothing={unknown} is not known: use any of {', '.join(SMOOTHING)}")
+    return methods, smoothing
+
+
+def _layers(net, spec: dict[str, Any], layers) -> list[str]:
+    if layers in (None, "auto"):
+        return candidate_layers(net, spec["in_chans"], spec["image_size"])
+    layers = list(layers) if isinstance(layers, list | ListConfig) else [layers]
+    return [resolve_layer(net, str(layer), spec["in_chans"], spec["image_size"]) for layer in layers]
+
+
+def _test_set(cfg: DictConfig, model, ckpt_path: Path):
+    """(dataset, boxes masks per item or None) for the study split, as the training run split it."""
+    index = build_index(cfg.data.root, cfg.data.layout)
+    if index.class_names != model.class_names:
+        raise UserError(f"the data at {index.root} has classes {index.class_names}, but checkpoint {ckpt_path} "
+                        f"was trained on {model.class_names}: point data.root at the dataset it was trained on")
+    if not index.has_boxes:
+        raise UserError(f"the data at {index.root} ({index.layout}) has no boxes: the localisation study needs "
+                        "NEU-DET with its ANNOTATIONS/ folder")
+    with open_dict(cfg):
+        if not cfg.data.split_file and (split_file := default_split_file(ckpt_path)):
+            cfg.data.split_file = str(split_file)
+        cfg.data.image_size = model.image_size
+    spec = model.input_spec
+    datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"], augment=None)
+    datamodule.index = index
+    datamodule.setup("test")
+    split = cfg.study.split
+    size = (model.image_size, model.image_size)
+    masks = []
+    for i in split_positions(datamodule, split):
+        sample = index.samples[i]
+        masks.append(box_mask(sample.boxes, original_size(index.abspath(sample)), size) if sample.boxes else None)
+    return datamodule.datasets[split], masks
+
+
+def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
+    quiet_libraries()
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = Path(cfg.ckpt_path)
+    model = load_module(ckpt_path, task="classifier")
+    study = cfg.study
+    methods, smoothing = _settings(study)
+    dataset, masks = _test_set(cfg, model, ckpt_path)
+    net, spec, names = model.net, model.input_spec, model.class_names
+    layers = _layers(net, spec, study.layers)
+    resolution = dict(trace_feature_maps(net, spec["in_chans"], spec["image_size"]))
+    name = study.name or ckpt_path.resolve().parent.parent.name
+    log.info("CAM study of %s (%s) on %d %s images: %s x %s x %s", name, type(net).__name__, len(dataset),
+             study.split, methods, layers, smoothing)
+
+    rows, accuracy, coverage = [], None, {}
+    for setting in smoothing:
+        aug, eigen = SMOOTHING[setting]
+        # EigenCAM is a projection already: eigen_smooth leaves it unchanged.
+        setting_methods = [m for m in methods if not (eigen and m == "eigencam")]
+        tallies = {(m, layer): LocalisationTally(names, study.iou_threshold) for m in setting_methods for layer in layers}
+        correct, start = 0, time.perf_counter()
+        for first in range(0, len(dataset), study.batch_size):
+            items = [dataset[i] for i in range(first, min(first + study.batch_size, len(dataset)))]
+            x, y = torch.stack([item[0] for item in items]), [int(item[1]) for item in items]
+            grid, logits = cam_grid(net, x, y, layers, setting_methods, aug, eigen)
+            correct += int((logits.argmax(-1) == torch.tensor(y)).sum())
+            for key, maps in grid.items():
+                for j, label in enumerate(y):
+                    if masks[first + j] is not None:
+                        tallies[key].add(maps[j], masks[first + j], label)
+        seconds = time.perf_counter() - start
+        accuracy = correct / len(dataset)
+        log.info("smoothing %s: %d combinations in %.0f s", setting, len(tallies), seconds)
+        for (method, layer), tally in tallies.items():
+            summary = tally.summary("cam")
+            coverage = {k.removeprefix("cam_chance"): v for k, v in summary.items() if k.startswith("cam_chance")}
+            rows.append({"method": method, "layer": layer, "map": "x".join(map(str, resolution[layer])),
+                         "smoothing": setting, **{k: v for k, v in summary.items() if "chance" not in k},
+                         "seconds": round(seconds, 1)})
+    rows.sort(key=lambda r: -(r["cam_pointing_game"] + r["cam_energy_in_box"]))
+    chance_row = {"method": "chance (uniform map or point)", "layer": "", "map": "", "smoothing": "",
+                  **{f"cam_{s}{suffix}": v for s in SCORES for suffix, v in coverage.items()}}
+    context = {"name": name, "ckpt": str(ckpt_path), "net": type(net).__name__, "image_size": spec["image_size"],
+               "images": sum(m is not None for m in masks), "accuracy": accuracy}
+    write_outputs(run_dir, rows, chance_row, coverage, names, context)
+    best = rows[0]
+    log.info("best: %s on %s (%s smoothing): pointing game %.3f, energy in box %.3f (chance %.3f); test acc %.4f",
+             best["method"], best["layer"], best["smoothing"], best["cam_pointing_game"], best["cam_energy_in_box"],
+             coverage[""], accuracy)
+    return [*rows, chance_row]
+
+
+def _fmt(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.3f}" if key in row else "–"
+
+
+def write_outputs(run_dir: Path, rows: list[dict], chance_row: dict, coverage: dict[str, float], names: list[str],
+                  context: dict) -> None:
+    columns = ["method", "layer", "map", "smoothing", *[f"cam_{s}" for s in SCORES],
+               *[f"cam_{s}/{c}" for s in SCORES for c in names], "seconds"]
+
+    def write_csv(handle):
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([*rows, chance_row])
+
+    atomic_write(run_dir / "results.csv", write_csv)
+    header = ["#", "method", "layer (map)", "smoothing", "pointing game", "energy in box", "IoU@thr",
+              *[f"{c}: PG / EiB" for c in names]]
+    lines = [
+        f"# CAM localisation: {context['name']}",
+        "",
+        f"{context['net']} at {context['image_size']} px, checkpoint `{context['ckpt']}`; test accuracy "
+        f"{context['accuracy']:.4f}; {context['images']} annotated test images; map of the true class. "
+        "Ranked by the mean of pointing game and energy in box.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for rank, row in enumerate([*rows, chance_row], start=1):
+        layer = f"{row['layer']} ({row['map']})" if row["layer"] else ""
+        cells = [str(rank) if row is not chance_row else "", row["method"], layer, row["smoothing"],
+                 _fmt(row, "cam_pointing_game"), _fmt(row, "cam_energy_in_box"), _fmt(row, "cam_iou"),
+                 *[f"{_fmt(row, f'cam_pointing_game/{c}')} / {_fmt(row, f'cam_energy_in_box/{c}')}" for c in names]]
+        lines.append("| " + " | ".join(cells) + " |")
+    write_text(run_dir / "table.md", "\n".join(lines) + "\n")
+    best = rows[0]
+    summary = {**{k: v for k, v in best.items() if k.startswith("cam_")},
+               **{f"cam_chance{suffix}": v for suffix, v in coverage.items()}}
+    plot_localisation(run_dir / "cam_localisation_best.png", summary, names,
+                      f"{context['name']}: best, {best['method']} on {best['layer']} ({best['smoothing']} smoothing)")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="cam_study")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(run_study)(cfg)
+
+
+if __name__ == "__main__":
+    main()
+
