@@ -17,6 +17,8 @@ from neu_defects.metrics import classification_metrics, flatten
 
 
 class ClassifierModule(LightningModule):
+    task = "classifier"
+
     def __init__(
         self,
         net: nn.Module,
@@ -91,14 +93,16 @@ class ClassifierModule(LightningModule):
         """(probabilities, targets) of the last test run, in test-loader order."""
         return torch.cat(self.test_probs), torch.cat(self.test_targets)
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
+        optimizer = self.build_optimizer()
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["neu_defects"] = {"task": "classifier", "config": self.build_config,
+        checkpoint["neu_defects"] = {"task": self.task, "config": self.build_config,
                                      "class_names": self.class_names, "input_spec": self.input_spec}

@@ -1,0 +1,170 @@
+"""``TransferModule``: a pretrained timm backbone with a new head, fine-tuned frozen, fully or gradually.
+
+It is the ``ClassifierModule`` (same steps, metrics, reports) with what transfer learning adds:
+
+- ``finetune``: ``frozen`` trains the head only and keeps the backbone's BatchNorm statistics;
+  ``full`` trains everything, the backbone at ``backbone_lr_scale`` times the head's rate;
+  ``gradual`` is frozen for ``unfreeze_at_epoch`` epochs, then full.
+- With ``pretrained=false`` the whole net trains at one rate: there is nothing to preserve.
+- ``cache_features`` (frozen only): the backbone runs once per training image and augmented view
+  (``cache_views`` views, epoch e trains on view e % cache_views) and once per validation image;
+  the epochs then train the head on those features. Checkpoints still hold the whole net.
+
+The backbone's settings (``backbone``, ``pretrained``, ``weights``, ``in_chans``) are arguments
+here, and ``net`` is a partial ``BackboneClassifier`` (head settings) that this module completes,
+so the overrides are short: ``model.backbone=resnet18 model.in_chans=1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from neu_defects.checkpoint import RECORD
+from neu_defects.errors import UserError
+from neu_defects.models.classifier import ClassifierModule
+from neu_defects.models.nets import BackboneClassifier
+
+log = logging.getLogger(__name__)
+
+FINETUNE_MODES = ("frozen", "full", "gradual")
+EMBED_BATCH = 64
+
+
+class FeatureViews(Dataset):
+    """(features, label) from a (views, N, D) tensor; the sampler's ``set_epoch`` picks the view."""
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray):
+        self.features, self.labels = features, labels
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.features[self.epoch % len(self.features), i], int(self.labels[i])
+
+
+class TransferModule(ClassifierModule):
+    def __init__(
+        self,
+        backbone: str | None,
+        net: Callable[..., BackboneClassifier],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        pretrained: bool = True,
+        weights: str | None = None,
+        in_chans: int = 3,
+        finetune: str = "frozen",
+        unfreeze_at_epoch: int = 0,
+        backbone_lr_scale: float = 0.1,
+        cache_features: bool = False,
+        cache_views: int = 4,
+        **kwargs: Any,
+    ):
+        if not pretrained and (finetune, backbone_lr_scale, cache_features) != ("full", 1.0, False):
+            # A random backbone has nothing to preserve: it trains with the head, at the head's rate.
+            log.info("model.pretrained=false: the whole net trains at one rate (model.finetune, "
+                     "model.backbone_lr_scale and model.cache_features apply to pretrained backbones)")
+            finetune, backbone_lr_scale, cache_features = "full", 1.0, False
+        if finetune not in FINETUNE_MODES:
+            raise UserError(f"model.finetune={finetune} is not a fine-tuning mode: use one of {', '.join(FINETUNE_MODES)}")
+        if cache_features and finetune != "frozen":
+            raise UserError(f"model.cache_features=true needs model.finetune=frozen (got {finetune}): "
+                            "features of a backbone that trains change every step")
+        if cache_views < 1:
+            raise UserError(f"model.cache_views={cache_views}: cache at least one view per training image")
+        if unfreeze_at_epoch < 0:
+            raise UserError(f"model.unfreeze_at_epoch={unfreeze_at_epoch}: pass an epoch number >= 0")
+        super().__init__(net(backbone=backbone, pretrained=pretrained, weights=weights, in_chans=in_chans),
+                         optimizer, scheduler, **kwargs)
+        self.finetune, self.unfreeze_at_epoch, self.backbone_lr_scale = finetune, unfreeze_at_epoch, backbone_lr_scale
+        self.cache_features, self.cache_views = cache_features, cache_views
+        self.backbone_frozen = finetune != "full"
+        self.net.backbone.requires_grad_(not self.backbone_frozen)
+        # Lightning keeps each submodule's mode across its loops rather than calling train(), so
+        # the frozen backbone starts out in eval mode; train() below guards explicit calls.
+        self.net.backbone.train(not self.backbone_frozen)
+        # Validation features by batch index: the validation loader is unshuffled and unaugmented.
+        self.val_features: dict[int, torch.Tensor] | None = None
+        self.image_train_set: Dataset | None = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            # A frozen backbone keeps its pretrained BatchNorm statistics: NEU batches would shift them.
+            self.net.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Two dimensions: a batch of cached backbone features, not of images.
+        return self.net.head(x) if x.dim() == 2 else self.net(x)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = self.optimizer_factory(params=list(self.net.head.parameters()))
+        if self.finetune != "frozen":
+            # In gradual mode the backbone's parameters have no gradient until unfrozen, and
+            # optimisers skip parameters without one, so the group can be there from the start.
+            optimizer.add_param_group({"params": list(self.net.backbone.parameters()),
+                                       "lr": optimizer.defaults["lr"] * self.backbone_lr_scale})
+        return optimizer
+
+    def on_train_epoch_start(self) -> None:
+        if self.finetune == "gradual" and self.backbone_frozen and self.current_epoch >= self.unfreeze_at_epoch:
+            self.backbone_frozen = False
+            self.net.backbone.requires_grad_(True)
+            self.net.backbone.train()
+            log.info("epoch %d: backbone unfrozen (lr x %g)", self.current_epoch, self.backbone_lr_scale)
+
+    @torch.no_grad()
+    def embed_views(self, dataset: Dataset, views: int) -> torch.Tensor:
+        """(views, N, D) pooled features of the dataset as its epochs 0 .. views-1 augment it."""
+        self.net.backbone.eval()
+        out = []
+        for view in range(views):
+            dataset.epoch = view
+            loader = DataLoader(dataset, batch_size=EMBED_BATCH, shuffle=False)
+            out.append(torch.cat([self.net.embed(x.to(self.device)).cpu() for x, _ in loader]))
+        dataset.epoch = 0
+        return torch.stack(out)
+
+    def on_fit_start(self) -> None:
+        if not self.cache_features:
+            return
+        datasets = getattr(self.trainer.datamodule, "datasets", None)
+        if not datasets or "train" not in datasets:
+            raise UserError("model.cache_features=true needs the NEU data module (data=neu): "
+                            "it replaces the training images by their cached features")
+        start = time.perf_counter()
+        self.image_train_set = datasets["train"]
+        datasets["train"] = FeatureViews(self.embed_views(self.image_train_set, self.cache_views),
+                                         self.image_train_set.labels)
+        self.val_features = {}
+        log.info("feature cache: %d training images x %d views in %.1f s", len(self.image_train_set),
+                 self.cache_views, time.perf_counter() - start)
+
+    def on_fit_end(self) -> None:
+        if self.image_train_set is not None:
+            self.trainer.datamodule.datasets["train"] = self.image_train_set
+        self.image_train_set, self.val_features = None, None
+
+    def validation_step(self, batch, batch_idx):
+        if self.val_features is not None:
+            x, y = batch
+            if batch_idx not in self.val_features:
+                self.val_features[batch_idx] = self.net.embed(x)
+            batch = (self.val_features[batch_idx], y)
+        return super().validation_step(batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        record = checkpoint[RECORD]
+        if record["config"]:
+            # The state dict holds the weights: rebuilding from this record must not fetch them again.
+            record["config"] = {**record["config"], "pretrained": False, "weights": None}
