@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -23,6 +24,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    # Frozen backbones are in eval mode and fitted (not trained) nets return no loss, on purpose.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,8 +37,12 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as err:
-            print(f"neu-defects: error: {err}", file=sys.stderr)
+        except (UserError, InstantiationException) as err:
+            # Hydra wraps what a constructor raises; a UserError inside is still the user's to fix.
+            cause = err if isinstance(err, UserError) else err.__cause__
+            if not isinstance(cause, UserError):
+                raise
+            print(f"neu-defects: error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
