@@ -14,6 +14,7 @@ from lightning import LightningModule
 from torch import nn
 
 from neu_defects.metrics import classification_metrics, flatten
+from neu_defects.models.optim import with_scheduler
 
 
 class ClassifierModule(LightningModule):
@@ -97,11 +98,7 @@ class ClassifierModule(LightningModule):
         return self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
 
     def configure_optimizers(self):
-        optimizer = self.build_optimizer()
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+        return with_scheduler(self.build_optimizer(), self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["neu_defects"] = {"task": self.task, "config": self.build_config,
