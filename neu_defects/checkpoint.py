@@ -43,8 +43,9 @@ def check_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor], sou
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
+    # An empty tensor is a buffer sized when fitted (e.g. a Gaussian's mean): it takes the stored shape.
     wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state_dict and state_dict[k].shape != v.shape]
+             if k in state_dict and state_dict[k].shape != v.shape and v.numel() > 0]
     if missing or unexpected or wrong:
         parts = [f"{label}: {', '.join(items[:3])}{' …' if len(items) > 3 else ''}"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
@@ -52,12 +53,15 @@ def check_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor], sou
                         "use a checkpoint of the same model config")
 
 
-def load_module(path: str | Path, task: str = "classifier"):
-    """Rebuild the LightningModule recorded in a neu-defects checkpoint and load its weights."""
+def load_module(path: str | Path, task: str | None = None):
+    """Rebuild the LightningModule recorded in a neu-defects checkpoint and load its weights.
+
+    ``task`` ("classifier" or "anomaly"), when given, is what the caller can use.
+    """
     checkpoint = read_checkpoint(path)
     record = checkpoint[RECORD]
-    if record.get("task") != task:
-        raise UserError(f"checkpoint {path} holds a {record.get('task')} model, not a {task}: "
+    if task is not None and record.get("task") != task:
+        raise UserError(f"checkpoint {path} holds a model of task {record.get('task')!r}, not {task!r}: "
                         f"pass a {task} checkpoint")
     if not record.get("config"):
         raise UserError(f"checkpoint {path} has no model config: it was saved outside neu_defects.train")

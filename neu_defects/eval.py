@@ -1,6 +1,7 @@
 """``python -m neu_defects.eval ckpt_path=PATH``: test a checkpoint and write the same reports as train.
 
-The model is rebuilt from the checkpoint alone. The split is, in order: ``data.split_file``, the
+The model, classifier or anomaly detector, is rebuilt from the checkpoint alone; ``task=`` makes
+sure it is the kind expected. The split is, in order: ``data.split_file``, the
 ``split.csv`` of the run that wrote the checkpoint, else made anew from the data config's seed.
 """
 
@@ -19,8 +20,7 @@ from neu_defects.cli import exit_on_user_error, instantiate_dict, log, quiet_lib
 from neu_defects.data import build_index
 from neu_defects.errors import UserError
 from neu_defects.io_utils import write_json
-from neu_defects.reports import write_classification_outputs
-from neu_defects.train import test_metrics
+from neu_defects.train import test_metrics, write_test_reports
 
 
 def default_split_file(ckpt_path: Path) -> Path | None:
@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = Path(cfg.ckpt_path)
-    model = load_module(ckpt_path, task="classifier")
+    model = load_module(ckpt_path, task=cfg.get("task"))
     index = build_index(cfg.data.root, cfg.data.layout)
     if index.class_names != model.class_names:
         raise UserError(f"the data at {index.root} has classes {index.class_names}, but checkpoint {ckpt_path} "
@@ -45,15 +45,17 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             cfg.data.split_file = str(split_file)
         cfg.data.image_size = model.image_size
     spec = model.input_spec
-    datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"], augment=None)
+    task_data = ({"_target_": "neu_defects.data.oneclass.OneClassDataModule", "normal_classes": model.normal_classes}
+                 if model.task == "anomaly" else {})
+    datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"], augment=None,
+                             **task_data)
     datamodule.index = index
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=instantiate_dict(cfg.get("callbacks")))
     trainer.test(model, datamodule=datamodule)
     metrics = test_metrics(trainer)
-    probs, targets = model.test_predictions()
-    write_classification_outputs(run_dir, probs, targets, index.class_names)
+    write_test_reports(model, datamodule, run_dir)
     write_json(run_dir / "metrics.json", metrics)
-    log.info("test/acc %.4f on %d images; outputs in %s", metrics["test/acc"], len(targets), run_dir)
+    log.info("%s; outputs in %s", ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2]), run_dir)
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

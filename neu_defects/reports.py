@@ -87,9 +87,11 @@ def read_metrics_csv(path: str | Path) -> dict[str, dict[int, float]]:
 
 
 def plot_training_curves(path, metrics_csv: str | Path) -> Path:
+    """Train / val curves per epoch of whichever of loss, accuracy and image AUROC the run logged."""
     series = read_metrics_csv(metrics_csv)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, kind in zip(axes, ("loss", "acc"), strict=True):
+    kinds = [k for k in ("loss", "acc", "image_auroc") if f"train/{k}" in series or f"val/{k}" in series]
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(5.5 * max(len(kinds), 1), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=False):
         for stage in ("train", "val"):
             values = series.get(f"{stage}/{kind}", {})
             if values:

@@ -15,6 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from neu_defects.anomaly_reports import write_anomaly_outputs
 from neu_defects.checkpoint import check_state_dict, read_checkpoint
 from neu_defects.cli import exit_on_user_error, instantiate_dict, log, quiet_libraries
 from neu_defects.data import build_index
@@ -37,7 +38,8 @@ def build_model(cfg: DictConfig, class_names: list[str]):
     """Instantiate the model config for these classes; the resolved config travels in checkpoints."""
     with open_dict(cfg):
         cfg.model.class_names = list(class_names)
-        cfg.model.net.num_classes = len(class_names)
+        if "num_classes" in cfg.model.net:
+            cfg.model.net.num_classes = len(class_names)
         cfg.model.image_size = int(cfg.data.image_size)
     model = instantiate(cfg.model)
     model.build_config = OmegaConf.to_container(cfg.model, resolve=True)
@@ -46,6 +48,15 @@ def build_model(cfg: DictConfig, class_names: list[str]):
 
 def test_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/") and k != "test/loss"}
+
+
+def write_test_reports(model, datamodule, run_dir: Path) -> None:
+    """The task's own report files for the test split just run."""
+    if model.task == "anomaly":
+        write_anomaly_outputs(run_dir, model, datamodule)
+    else:
+        probs, targets = model.test_predictions()
+        write_classification_outputs(run_dir, probs, targets, datamodule.index.class_names)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -77,13 +88,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = {**test_metrics(trainer), "fit/seconds": round(fit_seconds, 2)}
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
-    probs, targets = model.test_predictions()
-    write_classification_outputs(run_dir, probs, targets, index.class_names)
+    write_test_reports(model, datamodule, run_dir)
     csv_logs = run_dir / "csv" / "metrics.csv"
     if csv_logs.is_file():
         plot_training_curves(run_dir / "plots" / "training_curves.png", csv_logs)
     write_json(run_dir / "metrics.json", metrics)
-    log.info("test/acc %.4f, fit %.1f s; outputs in %s", metrics.get("test/acc", float("nan")), fit_seconds, run_dir)
+    headline = ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2])
+    log.info("%s, fit %.1f s; outputs in %s", headline, fit_seconds, run_dir)
     return {**metrics, **val_metrics}, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

@@ -146,7 +146,7 @@ def test_datamodule_serves_the_models_input(fixture_root, tmp_path):
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 40, 40) and x.dtype == torch.float32
-    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
     assert (tmp_path / "split.csv").is_file()
     total = sum(len(dm.datasets[s]) for s in ("train", "val", "test"))
     assert total == len(dm.index.samples)

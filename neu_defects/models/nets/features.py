@@ -1,0 +1,64 @@
+"""``FrozenFeatures``: multi-scale features of a frozen pretrained timm backbone, one map per image.
+
+Anomaly models that score in feature space (Gaussian, feature reconstruction) share it. Stages are
+resized to ``1 / stride`` of the input and concatenated, then averaged over a 3 x 3 neighbourhood
+so each position describes a patch rather than a pixel.
+
+The backbone never changes, so features are cached per input image (keyed by its pixels): epochs
+after the first, and later jobs of a multirun in the same process, skip the backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neu_defects.models.weights import build_backbone
+
+_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+
+class FrozenFeatures(nn.Module):
+    def __init__(self, backbone: str = "tf_efficientnet_lite0", layers: Sequence[int] = (1, 2, 3),
+                 pretrained: bool = True, weights: str | None = None, in_chans: int = 3, stride: int = 8,
+                 cache_items: int = 4000):
+        super().__init__()
+        self.model = build_backbone(backbone, pretrained=pretrained, weights=weights, in_chans=in_chans)
+        self.layers, self.stride, self.cache_items = list(layers), stride, cache_items
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.num_channels = sum(self.model.feature_info[i]["num_chs"] for i in self.layers)
+        self.data_config = self.model.pretrained_cfg
+        self._cache_tag = (backbone, tuple(self.layers), stride, pretrained, weights, in_chans)
+        # Lightning keeps each submodule's own train/eval mode rather than calling .train() on the
+        # whole model, so the frozen backbone must start in eval mode itself.
+        self.eval()
+
+    def train(self, mode: bool = True):
+        # Frozen: BatchNorm statistics stay the pretrained ones whatever mode the owner is in.
+        return super().train(False)
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.model.forward_intermediates(x, indices=self.layers, intermediates_only=True)
+        size = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
+        maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                for m in maps]
+        return F.avg_pool2d(torch.cat(maps, dim=1), 3, stride=1, padding=1, count_include_pad=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache_items <= 0:
+            return self._compute(x)
+        keys = [(*self._cache_tag, hashlib.sha1(xi.cpu().numpy().tobytes()).hexdigest()) for xi in x]
+        missing = [i for i, k in enumerate(keys) if k not in _CACHE]
+        if missing:
+            for i, f in zip(missing, self._compute(x[missing]), strict=True):
+                _CACHE[keys[i]] = f.to(torch.float16)
+            while len(_CACHE) > self.cache_items:
+                _CACHE.popitem(last=False)
+        return torch.stack([_CACHE[k] for k in keys]).to(x.dtype)
