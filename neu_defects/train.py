@@ -83,10 +83,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.interrupted:
         raise UserError(f"training was interrupted; resume with hydra.run.dir={run_dir} ckpt_path=last")
 
+    # Read before testing: trainer.test starts the logged metrics afresh.
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     has_best = trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path
     trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
     metrics = {**test_metrics(trainer), "fit/seconds": round(fit_seconds, 2)}
-    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     write_test_reports(model, datamodule, run_dir)
     csv_logs = run_dir / "csv" / "metrics.csv"

@@ -107,3 +107,24 @@ def test_feature_gaussian_one_vs_rest_on_real_neu(neu_root, tmp_path):
                                  "task=classifier"], tmp_path / "wrong")
     with pytest.raises(UserError, match="holds a model of task 'anomaly', not 'classifier'"):
         evaluate(wrong)
+
+
+def test_latent_isolation_forest_fits_on_codes_and_refits_from_its_checkpoint():
+    from neu_defects.models.nets.latent_iforest import LatentIsolationForest
+
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(image_size=32, widths=(8, 16), latent_dim=4)
+    net = LatentIsolationForest(ae, n_estimators=50, seed=0)
+    normal = torch.randn(40, 1, 32, 32) * 0.1
+    net.reset()
+    net.update(normal)
+    net.finalize()
+    assert net.latents.shape == (40, 4)
+    net.eval()
+    scores, amap = net(torch.cat([normal[:5], normal[:5] + 5]))
+    assert amap.shape == (10, 1, 32, 32)
+    assert scores[5:].mean() > scores[:5].mean()
+    fresh = LatentIsolationForest(ConvAutoencoder(image_size=32, widths=(8, 16), latent_dim=4), n_estimators=50,
+                                  seed=0).eval()
+    fresh.load_state_dict(net.state_dict())
+    torch.testing.assert_close(fresh(normal[:3])[0], net(normal[:3])[0])

@@ -17,9 +17,14 @@ from .conftest import FIXTURE_CLASSES, REPO, compose_cfg
 FAST = ["trainer.max_epochs=2", "callbacks.progress_bar=null", "model.net.widths=[8,16]", "data.image_size=32"]
 
 
-def expected_keys(class_names):
-    return {"test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro",
+def expected_keys(class_names, boxes=False):
+    """The classification keys; with boxes (NEU-DET) also the Grad-CAM localisation keys."""
+    keys = {"test/acc", "test/precision_macro", "test/recall_macro", "test/f1_macro", "test/auroc_macro",
             "fit/seconds", *(f"test/f1/{c}" for c in class_names)}
+    if boxes:
+        for name in ("cam_pointing_game", "cam_energy_in_box", "cam_iou", "cam_chance"):
+            keys |= {f"test/{name}", *(f"test/{name}/{c}" for c in class_names)}
+    return keys
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def fixture_run(fixture_root, tmp_path_factory):
 def test_a_run_writes_every_output(fixture_run):
     run_dir, metrics, _ = fixture_run
     written = json.loads((run_dir / "metrics.json").read_text())
-    assert set(written) == expected_keys(FIXTURE_CLASSES)
+    assert set(written) == expected_keys(FIXTURE_CLASSES, boxes=True)
     assert all(0.0 <= written[k] <= 1.0 for k in written if k.startswith("test/"))
     assert written["fit/seconds"] > 0
     for name in ("classification_report.txt", "split.csv", "plots/confusion_matrix.png",
@@ -77,13 +82,14 @@ def test_cnn_on_real_neu_reaches_floor_and_eval_reproduces_it(neu_root, tmp_path
                                 "callbacks.progress_bar=null"], run_dir)
     metrics, _ = train(cfg)
     assert metrics["test/acc"] >= 0.95, metrics
-    assert set(json.loads((run_dir / "metrics.json").read_text())) == expected_keys(NEU_CLASSES)
+    assert set(json.loads((run_dir / "metrics.json").read_text())) == expected_keys(NEU_CLASSES, boxes=True)
 
     eval_dir = tmp_path / "eval"
     eval_cfg = compose_cfg("eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={neu_root}",
                                     "callbacks.progress_bar=null"], eval_dir)
     eval_metrics, _ = evaluate(eval_cfg)
     trained = json.loads((run_dir / "metrics.json").read_text())
-    assert eval_metrics == {k: v for k, v in trained.items() if k != "fit/seconds"}
+    # eval runs no Grad-CAM callback, so it reproduces the classification metrics.
+    assert eval_metrics == {k: v for k, v in trained.items() if k in expected_keys(NEU_CLASSES) - {"fit/seconds"}}
     assert (eval_dir / "split.csv").read_text() == (run_dir / "split.csv").read_text()
     assert (eval_dir / "plots" / "confusion_matrix.png").is_file()
