@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from torch import nn
 
 from neu_defects.models.optim import with_scheduler
+from neu_defects.models.task import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def binary_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) ->
     }
 
 
-class AnomalyModule(LightningModule):
+class AnomalyModule(TaskModule):
     task = "anomaly"
 
     def __init__(
@@ -78,11 +78,6 @@ class AnomalyModule(LightningModule):
         self._scores: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
         self.test_scores = self.test_targets = np.zeros(0)
-
-    @property
-    def input_spec(self) -> dict[str, Any]:
-        return {"in_chans": self.net.in_chans, "mean": list(self.net.mean), "std": list(self.net.std),
-                "image_size": self.image_size}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net(x)
@@ -151,7 +146,3 @@ class AnomalyModule(LightningModule):
             return None
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         return with_scheduler(optimizer, self.scheduler_factory)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["neu_defects"] = {"task": self.task, "config": self.build_config,
-                                     "class_names": self.class_names, "input_spec": self.input_spec}

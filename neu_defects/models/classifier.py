@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from torch import nn
 
 from neu_defects.metrics import classification_metrics, flatten
 from neu_defects.models.optim import with_scheduler
+from neu_defects.models.task import TaskModule
 
 
-class ClassifierModule(LightningModule):
+class ClassifierModule(TaskModule):
     task = "classifier"
 
     def __init__(
@@ -43,12 +43,6 @@ class ClassifierModule(LightningModule):
         self.build_config: dict[str, Any] | None = None
         self.test_probs: list[torch.Tensor] = []
         self.test_targets: list[torch.Tensor] = []
-
-    @property
-    def input_spec(self) -> dict[str, Any]:
-        """What the data pipeline must feed this model."""
-        return {"in_chans": self.net.in_chans, "mean": list(self.net.mean), "std": list(self.net.std),
-                "image_size": self.image_size}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -99,7 +93,3 @@ class ClassifierModule(LightningModule):
 
     def configure_optimizers(self):
         return with_scheduler(self.build_optimizer(), self.scheduler_factory)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["neu_defects"] = {"task": self.task, "config": self.build_config,
-                                     "class_names": self.class_names, "input_spec": self.input_spec}
