@@ -48,6 +48,11 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def headline(metrics: dict[str, float]) -> str:
+    """The first two metrics of a run, for its closing log line."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2])
+
+
 def instantiate_dict(cfg: DictConfig | None, **kwargs) -> list[Any]:
     """Build each named entry of a dict config (callbacks, loggers); ``null`` entries are off."""
     if not cfg:

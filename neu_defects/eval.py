@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from neu_defects.checkpoint import load_module
-from neu_defects.cli import exit_on_user_error, instantiate_dict, log, quiet_libraries
+from neu_defects.cli import exit_on_user_error, headline, instantiate_dict, log, quiet_libraries
 from neu_defects.data import build_index
 from neu_defects.errors import UserError
 from neu_defects.io_utils import write_json
@@ -55,7 +55,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics = test_metrics(trainer)
     write_test_reports(model, datamodule, run_dir)
     write_json(run_dir / "metrics.json", metrics)
-    log.info("%s; outputs in %s", ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2]), run_dir)
+    log.info("%s; outputs in %s", headline(metrics), run_dir)
     return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neu_defects.anomaly_reports import write_anomaly_outputs
 from neu_defects.checkpoint import check_state_dict, read_checkpoint
-from neu_defects.cli import exit_on_user_error, instantiate_dict, log, quiet_libraries
+from neu_defects.cli import exit_on_user_error, headline, instantiate_dict, log, quiet_libraries
 from neu_defects.data import build_index
 from neu_defects.errors import UserError
 from neu_defects.io_utils import write_json
@@ -94,8 +94,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if csv_logs.is_file():
         plot_training_curves(run_dir / "plots" / "training_curves.png", csv_logs)
     write_json(run_dir / "metrics.json", metrics)
-    headline = ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2])
-    log.info("%s, fit %.1f s; outputs in %s", headline, fit_seconds, run_dir)
+    log.info("%s, fit %.1f s; outputs in %s", headline(metrics), fit_seconds, run_dir)
     return {**metrics, **val_metrics}, {"model": model, "datamodule": datamodule, "trainer": trainer}
 
 
