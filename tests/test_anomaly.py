@@ -13,7 +13,7 @@ from neu_defects.data.oneclass import OneClassDataModule
 from neu_defects.errors import UserError
 from neu_defects.eval import evaluate
 from neu_defects.models.anomaly import binary_metrics, f1_threshold, fallback_threshold
-from neu_defects.models.nets.autoencoder import ConvAutoencoder, ssim_map
+from neu_defects.models.nets.autoencoder import ConvAutoencoder, FeatureAutoencoder, ssim_map
 from neu_defects.models.nets.feature_gaussian import FeatureGaussian
 from neu_defects.models.nets.features import FrozenFeatures
 from neu_defects.train import train
@@ -64,6 +64,30 @@ def test_conv_autoencoder_modes_and_ssim():
     score, amap = net(x)
     assert score.shape == (3,) and amap.shape == (3, 1, 32, 32)
     assert torch.allclose(ssim_map(x, x), torch.ones(3, 1, 32, 32), atol=1e-4)
+
+
+def test_feature_autoencoder_weighs_channels_by_their_normal_error():
+    torch.manual_seed(0)
+    net = FeatureAutoencoder(FrozenFeatures(pretrained=False, layers=[1, 2], cache_items=0), hidden=8, bottleneck=4)
+    batches = [torch.rand(4, 3, 32, 32) for _ in range(3)]
+    net.train()
+    net.reset()
+    per_batch = []
+    for x in batches:
+        net.training_loss(x)
+        with torch.no_grad():
+            per_batch.append(net._channel_error(x).mean(dim=(0, 2, 3)))
+    net.finalize()
+    # The scale is the epoch's mean error per channel, and channels differ: otherwise it weighs nothing.
+    torch.testing.assert_close(net.error_scale, torch.stack(per_batch).mean(0))
+    assert net.error_scale.max() > 2 * net.error_scale.min()
+    net.eval()
+    x = batches[0]
+    with torch.no_grad():
+        expected = (net._channel_error(x) / net.error_scale.view(1, -1, 1, 1)).mean(dim=1, keepdim=True)
+        torch.testing.assert_close(net._error(x), expected)
+        net.normalize_error = False
+        assert not torch.allclose(net._error(x), expected)
 
 
 def test_feature_gaussian_scores_outliers_higher_and_round_trips():

@@ -113,7 +113,7 @@ class FeatureAutoencoder(nn.Module):
     trainable = True
 
     def __init__(self, features: FrozenFeatures, hidden: int = 128, bottleneck: int = 32,
-                 score_quantile: float = 0.99, map_sigma: float = 4.0):
+                 score_quantile: float = 0.99, map_sigma: float = 4.0, normalize_error: bool = True):
         super().__init__()
         self.features = features
         self.in_chans = 3
@@ -126,21 +126,43 @@ class FeatureAutoencoder(nn.Module):
         self.decoder = nn.Sequential(nn.Conv2d(bottleneck, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
                                      nn.Conv2d(hidden, c, 1))
         self.score_quantile, self.map_sigma = score_quantile, map_sigma
+        # Per-channel error of normal training patches: channels that normals themselves reconstruct
+        # poorly (busy texture) must not outvote the ones where only defects fail.
+        self.normalize_error = normalize_error
+        self.register_buffer("error_scale", torch.ones(c))
+        self._error_sum, self._error_batches = torch.zeros(c), 0
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.norm(self.features(x))).mean(dim=(2, 3))
 
-    def _error(self, x: torch.Tensor) -> torch.Tensor:
+    def _channel_error(self, x: torch.Tensor) -> torch.Tensor:
         target = self.norm(self.features(x))
-        return ((self.decoder(self.encoder(target)) - target) ** 2).mean(dim=1, keepdim=True)
+        return (self.decoder(self.encoder(target)) - target) ** 2
+
+    def _error(self, x: torch.Tensor) -> torch.Tensor:
+        error = self._channel_error(x)
+        if self.normalize_error:
+            error = error / self.error_scale.view(1, -1, 1, 1)
+        return error.mean(dim=1, keepdim=True)
+
+    def reset(self) -> None:
+        self._error_sum, self._error_batches = torch.zeros_like(self.error_scale), 0
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return self._error(x).mean()
+        error = self._channel_error(x)
+        self._error_sum += error.detach().mean(dim=(0, 2, 3))
+        self._error_batches += 1
+        return error.mean()
+
+    def finalize(self) -> None:
+        """At the end of each training epoch: the scale is the epoch's mean error per channel."""
+        if self.normalize_error and self._error_batches:
+            self.error_scale.copy_((self._error_sum / self._error_batches).clamp_min(1e-8))
 
     def forward(self, x: torch.Tensor):
-        error = self._error(x)
         if self.training:
-            return error
+            return self._channel_error(x).mean(dim=1, keepdim=True)
+        error = self._error(x)
         amap = gaussian_blur(F.interpolate(error, size=x.shape[-2:], mode="bilinear", align_corners=False),
                              self.map_sigma)
         return torch.quantile(amap.flatten(1), self.score_quantile, dim=1), amap
