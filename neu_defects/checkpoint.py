@@ -7,6 +7,7 @@ model config, so a checkpoint alone rebuilds its model.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from neu_defects.errors import UserError
+from neu_defects.io_utils import atomic_write_bytes
 
 RECORD = "neu_defects"
 
@@ -36,6 +39,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} was not written by neu-defects (it has no '{RECORD}' record): "
                         "use a checkpoint from a run's checkpoints/ folder")
     return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside their path, then renamed over it.
+
+    Lightning's own save stages the file in the system temp folder and moves it; when that folder
+    is on another file system than the run (tmpfs, a local disk beside network storage) the move
+    is a copy, and a kill during it leaves a torn ``last.ckpt``. A rename in the same folder is
+    atomic: a killed run leaves the previous checkpoint or the new one, whole.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def check_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -28,6 +28,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # The ONNX exporter and quantiser log every optimisation pass at INFO.
+    for name in ("onnxscript", "onnx_ir", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -29,12 +29,8 @@ def default_split_file(ckpt_path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    quiet_libraries()
-    run_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = Path(cfg.ckpt_path)
-    model = load_module(ckpt_path, task=cfg.get("task"))
+def checkpoint_datamodule(cfg: DictConfig, model, ckpt_path: Path):
+    """The unaugmented data module, fed as ``model`` wants, on the split its training run used."""
     index = build_index(cfg.data.root, cfg.data.layout)
     if index.class_names != model.class_names:
         raise UserError(f"the data at {index.root} has classes {index.class_names}, but checkpoint {ckpt_path} "
@@ -50,6 +46,16 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"], augment=None,
                              **task_data)
     datamodule.index = index
+    return datamodule
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    quiet_libraries()
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = Path(cfg.ckpt_path)
+    model = load_module(ckpt_path, task=cfg.get("task"))
+    datamodule = checkpoint_datamodule(cfg, model, ckpt_path)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=instantiate_dict(cfg.get("callbacks")))
     trainer.test(model, datamodule=datamodule)
     metrics = test_metrics(trainer)

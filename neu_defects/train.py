@@ -59,22 +59,34 @@ def write_test_reports(model, datamodule, run_dir: Path) -> None:
         write_classification_outputs(run_dir, probs, targets, datamodule.index.class_names)
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    quiet_libraries()
-    run_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+def build_model_and_data(cfg: DictConfig):
+    """The model of a train config and the data module that feeds it what it wants."""
     index = build_index(cfg.data.root, cfg.data.layout)
     model = build_model(cfg, index.class_names)
     spec = model.input_spec
     datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"])
     datamodule.index = index
+    return model, datamodule
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None, **overrides) -> L.Trainer:
+    """The trainer of a train config with its named callbacks and loggers."""
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), *(extra_callbacks or [])]
+    loggers = instantiate_dict(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    quiet_libraries()
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, datamodule = build_model_and_data(cfg)
+    index = datamodule.index
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     if ckpt_path:
         check_state_dict(model, read_checkpoint(ckpt_path)["state_dict"], ckpt_path)
 
-    callbacks = instantiate_dict(cfg.get("callbacks"))
-    loggers = instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg)
 
     log.info("fitting %s on %s (%s) -> %s", cfg.model.net._target_, index.root, index.layout, run_dir)
     start = time.perf_counter()
@@ -89,11 +101,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
     metrics = {**test_metrics(trainer), "fit/seconds": round(fit_seconds, 2)}
 
-    write_test_reports(model, datamodule, run_dir)
-    csv_logs = run_dir / "csv" / "metrics.csv"
-    if csv_logs.is_file():
-        plot_training_curves(run_dir / "plots" / "training_curves.png", csv_logs)
-    write_json(run_dir / "metrics.json", metrics)
+    # Under DDP every process gets here with the same synced metrics; one writes the reports.
+    if trainer.is_global_zero:
+        write_test_reports(model, datamodule, run_dir)
+        csv_logs = run_dir / "csv" / "metrics.csv"
+        if csv_logs.is_file():
+            plot_training_curves(run_dir / "plots" / "training_curves.png", csv_logs)
+        write_json(run_dir / "metrics.json", metrics)
     log.info("%s, fit %.1f s; outputs in %s", headline(metrics), fit_seconds, run_dir)
     return {**metrics, **val_metrics}, {"model": model, "datamodule": datamodule, "trainer": trainer}
 

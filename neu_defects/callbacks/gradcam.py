@@ -79,9 +79,11 @@ class GradCAMCallback(Callback):
         return self._explainer
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.active = getattr(pl_module, "task", None) == "classifier"
+        self.active = getattr(pl_module, "task", None) == "classifier" and trainer.world_size == 1
         if not self.active:
-            log.info("Grad-CAM is off: %s is not a classifier", type(pl_module).__name__)
+            reason = ("its panels and test grids need the whole split in one process; run eval on the checkpoint"
+                      if trainer.world_size > 1 else f"{type(pl_module).__name__} is not a classifier")
+            log.info("Grad-CAM is off: %s", reason)
             return
         # A wrong target_layer fails here, before any epoch, rather than at the first panel.
         self.explainer(pl_module)

@@ -83,9 +83,22 @@ class ClassifierModule(TaskModule):
     def on_test_epoch_end(self):
         self.log_dict(flatten(self.test_metrics.compute(), "test", self.class_names))
         self.test_metrics.reset()
+        if self.trainer.world_size > 1:
+            self.gather_test_predictions()
+
+    def gather_test_predictions(self) -> None:
+        """Every process's test predictions, in test-loader order, in every process.
+
+        Each process tested every world_size-th sample (Lightning's unshuffled DistributedSampler,
+        padded to equal shares): interleave the gathered shares back and drop the padding.
+        """
+        size = len(self.trainer.test_dataloaders.dataset)
+        probs, targets = (self.all_gather(torch.cat(t)).transpose(0, 1).flatten(0, 1)[:size].cpu()
+                          for t in (self.test_probs, self.test_targets))
+        self.test_probs, self.test_targets = [probs], [targets]
 
     def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probabilities, targets) of the last test run, in test-loader order."""
+        """(probabilities, targets) of the last test run over the whole test set, in test-loader order."""
         return torch.cat(self.test_probs), torch.cat(self.test_targets)
 
     def build_optimizer(self) -> torch.optim.Optimizer:

@@ -1,0 +1,87 @@
+"""Running a trained classifier on image files, outside the training loop.
+
+Preprocessing is training's own, driven by the model's ``input_spec``: ``decode_image`` and
+``resize`` as the RAM cache applies them, then the unaugmented transform of validation and test.
+Two backends answer ``logits(batch)`` alike: the PyTorch net rebuilt from a checkpoint, and an
+exported ONNX model in ONNX Runtime, whose metadata carries the same spec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neu_defects.checkpoint import load_module
+from neu_defects.data.io import decode_image, resize
+from neu_defects.data.transforms import build_transform
+from neu_defects.errors import UserError
+
+BACKENDS = ("torch", "onnx")
+
+
+class Preprocessor:
+    """Image file -> (C, H, W) float32 array, exactly as the model was fed in training."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.channels, self.size = int(spec["in_chans"]), int(spec["image_size"])
+        self.transform = build_transform(spec["mean"], spec["std"])
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        array = resize(decode_image(path, self.channels), self.size)
+        return self.transform(image=array)["image"].numpy()
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, module):
+        self.net = module.net.eval()
+        self.class_names, self.spec = list(module.class_names), module.input_spec
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.net(torch.from_numpy(batch)).float().numpy()
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, model, source: str | Path, threads: int = 0):
+        # Imported here: the torch backend runs without the [export] extra installed.
+        from neu_defects.onnx_io import INPUT, ort_session, read_record
+
+        self.session, self.input_name = ort_session(model, threads), INPUT
+        record = read_record(self.session, source)
+        self.class_names, self.spec = list(record["class_names"]), record["input_spec"]
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend | OnnxBackend:
+    """The model at ``path`` (a checkpoint or an exported ``.onnx``) in ``backend`` (default: the file's own).
+
+    A checkpoint asked for ``backend=onnx`` is converted in memory, as ``neu_defects.export`` would.
+    """
+    path = Path(path)
+    if backend not in (None, *BACKENDS):
+        raise UserError(f"backend={backend} is not a backend: use one of {', '.join(BACKENDS)}")
+    if path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise UserError(f"{path} is an ONNX model, which runs with backend=onnx only: pass the checkpoint "
+                            "it was exported from for backend=torch")
+        return OnnxBackend(path, path)
+    module = load_module(path, task="classifier")
+    if backend == "onnx":
+        from neu_defects.onnx_io import to_onnx
+
+        return OnnxBackend(to_onnx(module), path)
+    return TorchBackend(module)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
