@@ -1,0 +1,97 @@
+"""Multiruns end to end on the fixture data: launchers, a failing job, the Optuna search, the summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import yaml
+
+from .conftest import REPO
+
+# Two-job sweeps must stay fast: a tiny CNN, 32 px, one epoch, no CAM.
+TINY = ["trainer.max_epochs=1", "callbacks.progress_bar=null", "callbacks.gradcam=null", "model.net.widths=[8,16]",
+        "data.image_size=32", "data.split=80_20"]
+
+
+def multirun(sweep_dir, data_root, *overrides):
+    result = subprocess.run(
+        [sys.executable, "-m", "neu_defects.train", "-m", f"data.root={data_root}", *TINY, *overrides,
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def summary_rows(sweep_dir):
+    with open(sweep_dir / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_complete_jobs(sweep_dir, count):
+    for num in range(count):
+        job = sweep_dir / str(num)
+        assert set(json.loads((job / "metrics.json").read_text())) >= {"test/acc", "fit/seconds"}
+        assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "plots" / "confusion_matrix.png").is_file()
+    rows = summary_rows(sweep_dir)
+    assert [r["status"] for r in rows[:count]] == ["ok"] * count and rows[-1]["job"] == "mean"
+    for name in ("summary.md", "summary_grouped.md", "summary.png"):
+        assert (sweep_dir / name).stat().st_size > 0
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(fixture_root, tmp_path):
+    """The basic launcher stops at the first exception: the job must record its error instead."""
+    sweep = tmp_path / "sweep"
+    multirun(sweep, fixture_root / "neu-cls", "data.split='70_20','80_20'", "seed=0")
+    error = (sweep / "0" / "error.txt").read_text().splitlines()[0]
+    assert error.startswith("data.split=") and not (sweep / "0" / "metrics.json").exists()
+    assert (sweep / "1" / "metrics.json").is_file()
+    rows = summary_rows(sweep)
+    assert rows[0]["status"] == f"failed: {error}"
+    assert rows[1]["status"] == "ok" and rows[2]["status"] == "1/2 ok"
+    grouped = (sweep / "summary_grouped.md").read_text()
+    assert "| '70_20' | 0/1 |" in grouped and "| '80_20' | 1/1 |" in grouped
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(fixture_root, tmp_path):
+    sweep = tmp_path / "joblib"
+    result = multirun(sweep, fixture_root / "neu-cls", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert "Joblib.Parallel(n_jobs=2" in result.stderr + result.stdout
+    assert_complete_jobs(sweep, 2)
+
+
+def test_submitit_local_launcher(fixture_root, tmp_path):
+    sweep = tmp_path / "submitit"
+    multirun(sweep, fixture_root / "neu-cls", "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert (sweep / ".submitit").is_dir()
+    assert_complete_jobs(sweep, 2)
+
+
+def test_slurm_launcher_config_composes():
+    result = subprocess.run([sys.executable, "-m", "neu_defects.train", "hydra/launcher=slurm",
+                             "hydra.launcher.partition=cpu", "--cfg", "hydra", "--package", "hydra.launcher"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    launcher = yaml.safe_load(result.stdout)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["partition"], launcher["cpus_per_task"], launcher["timeout_min"]) == ("cpu", 8, 120)
+
+
+def test_optuna_search_returns_the_metric_and_reports_the_best_trial(fixture_root, tmp_path):
+    sweep = tmp_path / "optuna"
+    multirun(sweep, fixture_root / "neu-cls", "hparams_search=cnn_optuna", "hydra.sweeper.n_trials=2")
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"model.optimizer.lr", "model.optimizer.weight_decay", "model.net.widths",
+                                        "model.net.dropout", "data.augment.shift_rotate.p"}
+    assert 0.0 <= best["best_value"] <= 1.0
+    trials = summary_rows(sweep)[:2]
+    assert {r["status"] for r in trials} == {"ok"}
+    # The sweeper's trials are the jobs: each ran with the parameters Optuna asked for.
+    for num, row in enumerate(trials):
+        overrides = yaml.safe_load((sweep / str(num) / ".hydra" / "overrides.yaml").read_text())
+        assert any(o.startswith("model.net.widths=[") for o in overrides)
+        assert float(row["model.optimizer.lr"]) > 0
+    assert "Optuna best:" in (sweep / "summary.md").read_text()
