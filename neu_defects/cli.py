@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from neu_defects.errors import UserError
+from neu_defects.errors import Interrupted, UserError
 from neu_defects.io_utils import write_text
 
 log = logging.getLogger("neu_defects")
@@ -67,7 +67,8 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     A single run keeps ``exit_on_user_error``. A multirun job that raises writes its error to
     ``<job dir>/error.txt`` (one line, then the traceback) and returns None: Hydra's launchers
     stop the whole sweep at the first exception, which would lose the jobs still to come and the
-    summary of those done. The sweeper sees None as a failed trial.
+    summary of those done. The sweeper sees None as a failed trial. An interrupted job (Ctrl-C)
+    is recorded too, but re-raised: the user asked the sweep to stop.
     """
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -81,6 +82,8 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         line = str(cause) if cause else f"{type(err).__name__}: {err}".splitlines()[0]
         log.error("job %s failed: %s", hydra_cfg.job.num, line)
         write_text(error_file, f"{line}\n\n{traceback.format_exc()}")
+        if isinstance(cause, Interrupted):
+            raise
         return None
 
 

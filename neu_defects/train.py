@@ -19,7 +19,7 @@ from neu_defects.anomaly_reports import write_anomaly_outputs
 from neu_defects.checkpoint import check_state_dict, read_checkpoint
 from neu_defects.cli import headline, instantiate_dict, log, quiet_libraries, run_task
 from neu_defects.data import build_index
-from neu_defects.errors import UserError
+from neu_defects.errors import Interrupted, UserError
 from neu_defects.io_utils import write_json
 from neu_defects.reports import plot_training_curves, write_classification_outputs
 
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     if trainer.interrupted:
-        raise UserError(f"training was interrupted; resume with hydra.run.dir={run_dir} ckpt_path=last")
+        raise Interrupted(f"training was interrupted; resume with hydra.run.dir={run_dir} ckpt_path=last")
 
     # Read before testing: trainer.test starts the logged metrics afresh.
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -10,6 +10,8 @@ import sys
 import pytest
 import yaml
 
+from neu_defects.cli import run_task
+from neu_defects.errors import Interrupted
 from neu_defects.reports import read_metrics_csv
 
 from .conftest import REPO
@@ -108,3 +110,41 @@ def test_optuna_search_returns_the_metric_and_reports_the_best_trial(fixture_roo
         returned.append(job_log_value(sweep / str(num)))
     assert best["best_value"] == pytest.approx(max(returned))
     assert "Optuna best:" in (sweep / "summary.md").read_text()
+
+
+@pytest.fixture
+def multirun_job(tmp_path):
+    """HydraConfig as a multirun job sees it, with its output directory in tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN"
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 3
+    HydraConfig.instance().set_config(cfg)
+    yield tmp_path
+    HydraConfig.instance().cfg = None
+
+
+def test_in_a_multirun_errors_are_recorded_but_an_interrupt_stops_the_sweep(multirun_job):
+    def crash(cfg):
+        raise RuntimeError("CUDA out of memory\nmore detail")
+
+    assert run_task(crash, None) is None
+    assert (multirun_job / "error.txt").read_text().startswith("RuntimeError: CUDA out of memory\n\nTraceback")
+    assert run_task(lambda cfg: 0.9, None) == 0.9
+    assert not (multirun_job / "error.txt").exists()  # a rerun that succeeds leaves no stale error
+
+    def interrupted(cfg):
+        raise Interrupted("training was interrupted")
+
+    with pytest.raises(Interrupted):
+        run_task(interrupted, None)
+    assert (multirun_job / "error.txt").read_text().startswith("training was interrupted")
