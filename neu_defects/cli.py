@@ -6,17 +6,25 @@ import functools
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from neu_defects.errors import UserError
+from neu_defects.errors import Interrupted, UserError
+from neu_defects.io_utils import write_text
 
 log = logging.getLogger("neu_defects")
+
+# Written into a multirun job's directory when the job fails; the sweep summary reads its first line.
+ERROR_FILE = "error.txt"
 
 
 def quiet_libraries() -> None:
@@ -33,6 +41,12 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def user_error(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``: Hydra wraps what a constructor raises, it is still the user's to fix."""
+    cause = err if isinstance(err, UserError) else err.__cause__ if isinstance(err, InstantiationException) else None
+    return cause if isinstance(cause, UserError) else None
+
+
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a UserError into one line on stderr and exit status 2, instead of a traceback."""
 
@@ -41,14 +55,39 @@ def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (UserError, InstantiationException) as err:
-            # Hydra wraps what a constructor raises; a UserError inside is still the user's to fix.
-            cause = err if isinstance(err, UserError) else err.__cause__
-            if not isinstance(cause, UserError):
+            cause = user_error(err)
+            if cause is None:
                 raise
             print(f"neu-defects: error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run a Hydra task function; in a multirun, a failing job must not end the sweep.
+
+    A single run keeps ``exit_on_user_error``. A multirun job that raises writes its error to
+    ``<job dir>/error.txt`` (one line, then the traceback) and returns None: Hydra's launchers
+    stop the whole sweep at the first exception, which would lose the jobs still to come and the
+    summary of those done. The sweeper sees None as a failed trial. An interrupted job (Ctrl-C)
+    is recorded too, but re-raised: the user asked the sweep to stop.
+    """
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return exit_on_user_error(fn)(cfg)
+    error_file = Path(hydra_cfg.runtime.output_dir) / ERROR_FILE
+    error_file.unlink(missing_ok=True)
+    try:
+        return fn(cfg)
+    except Exception as err:
+        cause = user_error(err)
+        line = str(cause) if cause else f"{type(err).__name__}: {err}".splitlines()[0]
+        log.error("job %s failed: %s", hydra_cfg.job.num, line)
+        write_text(error_file, f"{line}\n\n{traceback.format_exc()}")
+        if isinstance(cause, Interrupted):
+            raise
+        return None
 
 
 def headline(metrics: dict[str, float]) -> str:

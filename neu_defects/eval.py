@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from neu_defects.checkpoint import load_module
-from neu_defects.cli import exit_on_user_error, headline, instantiate_dict, log, quiet_libraries
+from neu_defects.cli import headline, instantiate_dict, log, quiet_libraries, run_task
 from neu_defects.data import build_index
 from neu_defects.errors import UserError
 from neu_defects.io_utils import write_json
@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    exit_on_user_error(evaluate)(cfg)
+    run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neu_defects.anomaly_reports import write_anomaly_outputs
 from neu_defects.checkpoint import check_state_dict, read_checkpoint
-from neu_defects.cli import exit_on_user_error, headline, instantiate_dict, log, quiet_libraries
+from neu_defects.cli import headline, instantiate_dict, log, quiet_libraries, run_task
 from neu_defects.data import build_index
-from neu_defects.errors import UserError
+from neu_defects.errors import Interrupted, UserError
 from neu_defects.io_utils import write_json
 from neu_defects.reports import plot_training_curves, write_classification_outputs
 
@@ -93,7 +93,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     if trainer.interrupted:
-        raise UserError(f"training was interrupted; resume with hydra.run.dir={run_dir} ckpt_path=last")
+        raise Interrupted(f"training was interrupted; resume with hydra.run.dir={run_dir} ckpt_path=last")
 
     # Read before testing: trainer.test starts the logged metrics afresh.
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -114,8 +114,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = exit_on_user_error(train)(cfg)
-    return metrics.get(cfg.get("optimized_metric"))
+    result = run_task(train, cfg)
+    if result is None:
+        return None
+    metrics, _ = result
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        log.warning("optimized_metric=%s is not among this run's metrics (%s): a sweeper gets None",
+                    name, ", ".join(sorted(metrics)))
+    return metrics.get(name)
 
 
 if __name__ == "__main__":
