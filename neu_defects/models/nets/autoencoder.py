@@ -130,7 +130,7 @@ class FeatureAutoencoder(nn.Module):
         # poorly (busy texture) must not outvote the ones where only defects fail.
         self.normalize_error = normalize_error
         self.register_buffer("error_scale", torch.ones(c))
-        self._error_sum, self._error_batches = torch.zeros(c), 0
+        self.reset()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.norm(self.features(x))).mean(dim=(2, 3))
