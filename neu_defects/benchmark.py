@@ -10,8 +10,9 @@ For each model of ``models`` (a train config's overrides), in one run:
   ONNX Runtime int8, and the int8 accuracy change on the test split;
 - parameters and multiply-accumulates (MACs) per image.
 
-Training throughput counts whole steps (loading, forward, backward, optimiser, logging, callbacks)
-between the end of the warm-up batches and the end of the last one, best of the rounds. Writes
+Training throughput times whole steps (loading, forward, backward, optimiser, logging, callbacks),
+end of one batch to the end of the next, after the warm-up batches; a loop's figure is its median
+step over all rounds. Writes
 ``benchmark.json`` and ``benchmark.md`` to the run directory.
 """
 
@@ -65,22 +66,29 @@ class StepClock(Callback):
         self.sizes.append(len(batch[1]))
 
 
-def throughput(ends: list[tuple[float, float]], sizes: list[int], warmup: int) -> tuple[float, float]:
-    """Images per wall second and per CPU second over the batches after the first ``warmup``."""
-    images = sum(sizes[warmup + 1:])
-    return tuple(images / (ends[-1][k] - ends[warmup][k]) for k in (0, 1))
+def step_rates(ends: list[tuple[float, float]], sizes: list[int], warmup: int) -> list[tuple[float, float]]:
+    """(images per wall second, images per CPU second) of every batch after the first ``warmup``."""
+    return [(size / (b[0] - a[0]), size / (b[1] - a[1]))
+            for a, b, size in zip(ends[warmup:-1], ends[warmup + 1:], sizes[warmup + 1:], strict=True)]
 
 
-def lightning_round(cfg: DictConfig, model, datamodule, steps: int, warmup: int) -> tuple[float, float]:
+def median_rate(steps: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median step's images per wall and per CPU second. On this shared VM single steps swing by
+    +-15% (the host's load, not ours); the median of many steps ignores those swings where a total
+    over a round, or the best of two rounds, does not."""
+    return tuple(float(np.median([step[k] for step in steps])) for k in (0, 1))
+
+
+def lightning_round(cfg: DictConfig, model, datamodule, steps: int, warmup: int) -> list[tuple[float, float]]:
     clock = StepClock()
     # One epoch of `steps` batches. Validation, which would run after the last timed batch, is
     # skipped: it costs time outside the measurement and the plain loop has none.
     trainer = build_trainer(cfg, [clock], max_epochs=1, limit_train_batches=steps, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
-    return throughput(clock.ends, clock.sizes, warmup)
+    return step_rates(clock.ends, clock.sizes, warmup)
 
 
-def plain_round(model, datamodule, steps: int, warmup: int) -> tuple[float, float]:
+def plain_round(model, datamodule, steps: int, warmup: int) -> list[tuple[float, float]]:
     """The loop a researcher would write by hand: the same module, loss, optimiser and loader."""
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(0)
@@ -96,10 +104,10 @@ def plain_round(model, datamodule, steps: int, warmup: int) -> tuple[float, floa
         optimizer.step()
         ends.append(now())
         sizes.append(len(y))
-    return throughput(ends, sizes, warmup)
+    return step_rates(ends, sizes, warmup)
 
 
-def data_round(datamodule, steps: int, warmup: int) -> tuple[float, float]:
+def data_round(datamodule, steps: int, warmup: int) -> list[tuple[float, float]]:
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(1)
     ends, sizes = [], []
@@ -108,7 +116,7 @@ def data_round(datamodule, steps: int, warmup: int) -> tuple[float, float]:
             break
         ends.append(now())
         sizes.append(len(y))
-    return throughput(ends, sizes, warmup)
+    return step_rates(ends, sizes, warmup)
 
 
 def latency_ms(run: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
@@ -157,20 +165,23 @@ def benchmark_model(name: str, entry: DictConfig, bench: DictConfig, run_dir: Pa
                               "params": sum(p.numel() for p in model.net.parameters()),
                               "trainable_params": sum(p.numel() for p in model.net.parameters() if p.requires_grad),
                               "macs": macs_per_image(model.net, spec)}
-    rounds: dict[str, list[tuple[float, float]]] = {"lightning": [], "plain": [], "data": []}
+    rounds: dict[str, list[list[tuple[float, float]]]] = {"lightning": [], "plain": [], "data": []}
     for r in range(t.rounds):
         rounds["data"].append(data_round(datamodule, steps, t.warmup_batches))
         rounds["plain"].append(plain_round(model, datamodule, steps, t.warmup_batches))
         rounds["lightning"].append(lightning_round(cfg, model, datamodule, steps, t.warmup_batches))
-        log.info("[%s] round %d/%d, images per wall s (per CPU s): %s", name, r + 1, t.rounds,
-                 ", ".join(f"{k} {v[-1][0]:.1f} ({v[-1][1]:.1f})" for k, v in rounds.items()))
-    best = {k: max(wall for wall, _ in v) for k, v in rounds.items()}
-    best_cpu = {k: max(cpu for _, cpu in v) for k, v in rounds.items()}
-    result["train"] = {"images_per_s": best, "images_per_cpu_s": best_cpu, "rounds": rounds,
-                       "measured_batches": t.batches,
-                       "lightning_over_plain": best["lightning"] / best["plain"],
-                       "lightning_over_plain_cpu": best_cpu["lightning"] / best_cpu["plain"],
-                       "data_over_training": best["data"] / best["lightning"]}
+        log.info("[%s] round %d/%d, median images per wall s (per CPU s): %s", name, r + 1, t.rounds,
+                 ", ".join(f"{k} {wall:.1f} ({cpu:.1f})" for k, v in rounds.items()
+                           for wall, cpu in [median_rate(v[-1])]))
+    pooled = {k: median_rate([step for steps_ in v for step in steps_]) for k, v in rounds.items()}
+    rate = {k: wall for k, (wall, _) in pooled.items()}
+    rate_cpu = {k: cpu for k, (_, cpu) in pooled.items()}
+    result["train"] = {"images_per_s": rate, "images_per_cpu_s": rate_cpu,
+                       "round_medians": {k: [median_rate(steps_) for steps_ in v] for k, v in rounds.items()},
+                       "measured_batches": t.batches, "rounds": t.rounds,
+                       "lightning_over_plain": rate["lightning"] / rate["plain"],
+                       "lightning_over_plain_cpu": rate_cpu["lightning"] / rate_cpu["plain"],
+                       "data_over_training": rate["data"] / rate["lightning"]}
 
     if entry.get("ckpt_path"):
         state_dict = read_checkpoint(entry.ckpt_path)["state_dict"]
@@ -225,7 +236,7 @@ def check_bars(results: dict[str, Any], bars: DictConfig) -> list[dict[str, Any]
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Deployment benchmark ({report['date']})", "", f"Machine: {report['machine']}. "
-             f"Command: `{report['command']}`.", "", "## Training (images/s, best of rounds)", "",
+             f"Command: `{report['command']}`.", "", "## Training (images/s of the median step, all rounds pooled)", "",
              "| model | input | batch | Lightning loop | plain loop | ratio | ratio in CPU time | data pipeline "
              "| data / training |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["models"].items():

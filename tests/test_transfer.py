@@ -187,6 +187,16 @@ def test_bad_finetune_settings_are_one_line(tiny_weights):
         TransferModule(TINY, net, optimizer, weights=str(tiny_weights[0]), finetune="full", cache_features=True)
 
 
+def test_the_feature_cache_defaults_to_on_exactly_when_the_backbone_stays_frozen(tiny_weights):
+    net = partial(BackboneClassifier, num_classes=6)
+    optimizer = partial(torch.optim.Adam, lr=1e-3)
+    cached = {mode: TransferModule(TINY, net, optimizer, weights=str(tiny_weights[0]), finetune=mode,
+                                   class_names=list("abcdef")).cache_features for mode in ("frozen", "full", "gradual")}
+    assert cached == {"frozen": True, "full": False, "gradual": False}
+    with pytest.raises(UserError, match="model.cache_features=yes: use true, false or auto"):
+        TransferModule(TINY, net, optimizer, weights=str(tiny_weights[0]), cache_features="yes")
+
+
 def test_a_random_backbone_trains_whole_at_one_rate():
     module = TransferModule(TINY, partial(BackboneClassifier, num_classes=6), partial(torch.optim.Adam, lr=1e-3),
                             pretrained=False, finetune="frozen", cache_features=True, class_names=list("abcdef"))

@@ -6,7 +6,8 @@ It is the ``ClassifierModule`` (same steps, metrics, reports) with what transfer
   ``full`` trains everything, the backbone at ``backbone_lr_scale`` times the head's rate;
   ``gradual`` is frozen for ``unfreeze_at_epoch`` epochs, then full.
 - With ``pretrained=false`` the whole net trains at one rate: there is nothing to preserve.
-- ``cache_features`` (frozen only): the backbone runs once per training image and augmented view
+- ``cache_features`` (frozen only; ``auto``, the default, caches whenever the backbone is frozen
+  throughout): the backbone runs once per training image and augmented view
   (``cache_views`` views, epoch e trains on view e % cache_views) and once per validation image;
   the epochs then train the head on those features. Checkpoints still hold the whole net.
 
@@ -64,15 +65,22 @@ class TransferModule(ClassifierModule):
         finetune: str = "frozen",
         unfreeze_at_epoch: int = 0,
         backbone_lr_scale: float = 0.1,
-        cache_features: bool = False,
-        cache_views: int = 4,
+        cache_features: bool | str = "auto",
+        cache_views: int = 2,
         **kwargs: Any,
     ):
-        if not pretrained and (finetune, backbone_lr_scale, cache_features) != ("full", 1.0, False):
-            # A random backbone has nothing to preserve: it trains with the head, at the head's rate.
-            log.info("model.pretrained=false: the whole net trains at one rate (model.finetune, "
-                     "model.backbone_lr_scale and model.cache_features apply to pretrained backbones)")
+        if cache_features not in (True, False, "auto"):
+            raise UserError(f"model.cache_features={cache_features}: use true, false or auto (cache when frozen)")
+        if not pretrained:
+            if (finetune, backbone_lr_scale) != ("full", 1.0) or cache_features is True:
+                # A random backbone has nothing to preserve: it trains with the head, at the head's rate.
+                log.info("model.pretrained=false: the whole net trains at one rate (model.finetune, "
+                         "model.backbone_lr_scale and model.cache_features apply to pretrained backbones)")
             finetune, backbone_lr_scale, cache_features = "full", 1.0, False
+        if cache_features == "auto":
+            # A frozen backbone computes the same features for the same view every epoch: computing
+            # them once makes a frozen run cost about one backbone pass per view instead of per epoch.
+            cache_features = finetune == "frozen"
         if finetune not in FINETUNE_MODES:
             raise UserError(f"model.finetune={finetune} is not a fine-tuning mode: use one of {', '.join(FINETUNE_MODES)}")
         if cache_features and finetune != "frozen":
