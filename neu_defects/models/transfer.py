@@ -49,6 +49,7 @@ class FeatureViews(Dataset):
         return self.features.shape[1]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        i %= self.features.shape[1]  # a repeat within the epoch (EpochShuffleSampler's min_samples)
         return self.features[self.epoch % len(self.features), i], int(self.labels[i])
 
 
