@@ -31,6 +31,11 @@ class ArrayDataset(Dataset):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 
+def epoch_passes(size: int, min_samples: int = 0) -> int:
+    """How many passes over ``size`` samples make an epoch of at least ``min_samples``."""
+    return max(1, -(-int(min_samples or 0) // max(1, size)))
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A random order per epoch drawn from (seed, epoch), so a resumed run replays the same batches.
 
@@ -45,7 +50,7 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __init__(self, dataset: ArrayDataset, seed: int, min_samples: int = 0):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
-        self.passes = max(1, -(-int(min_samples or 0) // max(1, len(dataset))))
+        self.passes = epoch_passes(len(dataset), min_samples)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = self.dataset.epoch = epoch
