@@ -211,9 +211,9 @@ def test_snr_of_corrupted_neu_images_matches_the_request(neu_root):
         clean = decode_image(index.abspath(sample), 1)
         for severity, snr in enumerate(SEVERITIES["gaussian_noise"], start=1):
             noisy = Corruption("gaussian_noise", severity, seed=0)(clean, sample.path)
-            # Down to 20 dB the noise is as asked; at 15 dB a bright image (patches) saturates at 255
-            # like a camera would, which takes up to half a dB of noise off.
-            tolerance = 0.25 if snr >= 20 else 0.6
+            # At the paper's 30 and 20 dB the noise is as asked. At 40 dB (std ~1 gray level) rounding to
+            # 8 bits adds noise; at 15 dB a bright image (patches) saturates at 255 as a camera would.
+            tolerance = 0.25 if snr in (20, 30) else 0.6
             assert abs(measured_snr_db(clean, noisy) - snr) < tolerance, (sample.path, snr)
 
 
