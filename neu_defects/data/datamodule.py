@@ -2,6 +2,10 @@
 
 It owns the flow index -> split -> decoded cache -> augmented tensors. The model decides the
 input it wants (channels, normalisation, size); the data module serves exactly that.
+
+Study options: ``samples_per_class`` keeps k training images per class (``splits.limit_per_class``);
+``min_epoch_samples`` passes a smaller training set several times per epoch; ``corruption`` (set by
+``eval``) corrupts every decoded image before resizing (``corruptions.py``).
 """
 
 from __future__ import annotations
