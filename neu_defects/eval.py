@@ -3,6 +3,10 @@
 The model, classifier or anomaly detector, is rebuilt from the checkpoint alone; ``task=`` makes
 sure it is the kind expected. The split is, in order: ``data.split_file``, the
 ``split.csv`` of the run that wrote the checkpoint, else made anew from the data config's seed.
+
+``corruption=<name> severity=<1..5>`` tests on images corrupted as a worse camera would deliver
+them (``neu_defects.data.corruptions``); ``experiment=robustness`` sweeps every corruption and
+severity and writes the study's table and figure.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 from neu_defects.checkpoint import load_module
 from neu_defects.cli import headline, instantiate_dict, log, quiet_libraries, run_task
 from neu_defects.data import build_index
+from neu_defects.data.corruptions import build_corruption
 from neu_defects.errors import UserError
 from neu_defects.io_utils import write_json
 from neu_defects.train import test_metrics, write_test_reports
@@ -43,8 +48,11 @@ def checkpoint_datamodule(cfg: DictConfig, model, ckpt_path: Path):
     spec = model.input_spec
     task_data = ({"_target_": "neu_defects.data.oneclass.OneClassDataModule", "normal_classes": model.normal_classes}
                  if model.task == "anomaly" else {})
+    corruption = build_corruption(cfg.get("corruption"), cfg.get("severity"), cfg.seed)
+    if corruption is not None:
+        log.info("testing on corrupted images: %s", corruption)
     datamodule = instantiate(cfg.data, in_chans=spec["in_chans"], mean=spec["mean"], std=spec["std"], augment=None,
-                             **task_data)
+                             corruption=corruption, **task_data)
     datamodule.index = index
     return datamodule
 

@@ -10,7 +10,8 @@ Reads every job directory (``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``
 - ``summary_grouped.md``: mean ± std over seeds of each configuration (the parameters but seed);
 - ``summary.png``: the main metric (the test twin of ``optimized_metric``) per configuration.
 
-``SummaryCallback`` runs it at the end of every multirun (``conf/hydra/default.yaml``).
+``SummaryCallback`` runs it at the end of every multirun (``conf/hydra/default.yaml``), and for a
+study multirun (``study:`` in its config) also ``neu_defects.studies``.
 """
 
 from __future__ import annotations
@@ -280,6 +281,10 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             write_summary(config.hydra.sweep.dir)
+            if config.get("study"):
+                from neu_defects.studies import write_study  # it builds on this module
+
+                write_study(config.hydra.sweep.dir, config.study)
         except UserError as err:
             # A sweep whose jobs never started has nothing to summarise; say so, do not mask its end.
             log.warning("no sweep summary: %s", err)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
 
-from neu_defects.io_utils import write_text  # noqa: E402
+from neu_defects.io_utils import atomic_write, write_text  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
@@ -39,8 +39,33 @@ def text_report(probs: torch.Tensor, targets: torch.Tensor, class_names: Sequenc
     return f"{report}\nconfusion matrix (rows: true class, columns: predicted class index)\n" + "\n".join(rows) + "\n"
 
 
+def confusion_counts(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
+    """(true, predicted) counts."""
+    return confusion_matrix(targets.numpy(), probs.argmax(-1).numpy(), labels=list(range(num_classes)))
+
+
+def write_confusion_csv(path, cm: np.ndarray, class_names: Sequence[str]) -> Path:
+    """The confusion matrix as CSV: a row per true class, a column per predicted class."""
+
+    def write(handle):
+        writer = csv.writer(handle)
+        writer.writerow(["true \\ predicted", *class_names])
+        writer.writerows([name, *map(int, row)] for name, row in zip(class_names, cm, strict=True))
+
+    return atomic_write(path, write)
+
+
+def read_confusion_csv(path) -> tuple[np.ndarray, list[str]]:
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    return np.array([[int(v) for v in row[1:]] for row in rows[1:]], dtype=np.int64), rows[0][1:]
+
+
 def plot_confusion_matrix(path, probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> Path:
-    cm = confusion_matrix(targets.numpy(), probs.argmax(-1).numpy(), labels=list(range(len(class_names))))
+    return plot_confusion_counts(path, confusion_counts(probs, targets, len(class_names)), class_names)
+
+
+def plot_confusion_counts(path, cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
@@ -50,7 +75,7 @@ def plot_confusion_matrix(path, probs: torch.Tensor, targets: torch.Tensor, clas
     for i, j in np.ndindex(cm.shape):
         ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
     acc = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"confusion matrix: accuracy {acc:.4f} on {cm.sum()} images")
+    ax.set_title(f"{title or 'confusion matrix'}: accuracy {acc:.4f} on {cm.sum()} images")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, path)
 
@@ -110,6 +135,8 @@ def write_classification_outputs(run_dir: str | Path, probs: torch.Tensor, targe
     """classification_report.txt, plots/confusion_matrix.png and plots/roc_ovr.png for a test run."""
     run_dir = Path(run_dir)
     write_text(run_dir / "classification_report.txt", text_report(probs, targets, class_names))
-    plot_confusion_matrix(run_dir / "plots" / "confusion_matrix.png", probs, targets, class_names)
+    cm = confusion_counts(probs, targets, len(class_names))
+    write_confusion_csv(run_dir / "confusion_matrix.csv", cm, class_names)
+    plot_confusion_counts(run_dir / "plots" / "confusion_matrix.png", cm, class_names)
     plot_roc_ovr(run_dir / "plots" / "roc_ovr.png", probs, targets, class_names)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 from rich.progress import track
@@ -15,11 +16,16 @@ from neu_defects.data.io import decode_image, resize
 log = logging.getLogger(__name__)
 
 
-def load_images(index: DatasetIndex, channels: int, size: int) -> tuple[np.ndarray, list[str]]:
+def load_images(
+    index: DatasetIndex, channels: int, size: int, corruption: Callable[[np.ndarray, str], np.ndarray] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Return (N, size, size, channels) uint8 images and a pixel hash per image.
 
     Hashes are taken before resizing, on the decoded pixels, so two files with the same pixels
     (whatever their encoding) share a hash and can be kept on one side of a split.
+    ``corruption(image, key)`` (see ``corruptions.py``) is applied to the decoded image, as the camera
+    would have delivered it, before resizing; the hash stays that of the clean image, so a corrupted
+    data set splits exactly as the clean one.
     """
     start = time.perf_counter()
     images = np.empty((len(index.samples), size, size, channels), dtype=np.uint8)
@@ -27,6 +33,8 @@ def load_images(index: DatasetIndex, channels: int, size: int) -> tuple[np.ndarr
     for i, sample in enumerate(track(index.samples, description="decoding images", transient=True)):
         array = decode_image(index.abspath(sample), channels)
         hashes.append(hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest())
+        if corruption is not None:
+            array = corruption(array, sample.path)
         images[i] = resize(array, size)
     log.info("decoded %d images (%s) in %.1f s", len(images), index.layout, time.perf_counter() - start)
     return images, hashes

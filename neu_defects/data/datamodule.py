@@ -2,12 +2,16 @@
 
 It owns the flow index -> split -> decoded cache -> augmented tensors. The model decides the
 input it wants (channels, normalisation, size); the data module serves exactly that.
+
+Study options: ``samples_per_class`` keeps k training images per class (``splits.limit_per_class``);
+``min_epoch_samples`` passes a smaller training set several times per epoch; ``corruption`` (set by
+``eval``) corrupts every decoded image before resizing (``corruptions.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import albumentations as A
@@ -18,7 +22,7 @@ from torch.utils.data import DataLoader
 from neu_defects.data.cache import load_images
 from neu_defects.data.dataset import ArrayDataset, EpochShuffleSampler
 from neu_defects.data.index import DatasetIndex, build_index
-from neu_defects.data.splits import SPLITS, assign_splits, read_split_csv, write_split_csv
+from neu_defects.data.splits import SPLITS, assign_splits, limit_per_class, read_split_csv, write_split_csv
 from neu_defects.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ class NEUDataModule(LightningDataModule):
         fold: int | None = None,
         folds: int = 5,
         split_file: str | None = None,
+        samples_per_class: int | str | None = None,
+        min_epoch_samples: int = 0,
         seed: int = 0,
         image_size: int = 64,
         in_chans: int = 1,
@@ -44,11 +50,14 @@ class NEUDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         output_dir: str | None = None,
+        corruption: Callable[[np.ndarray, str], np.ndarray] | None = None,
     ):
         super().__init__()
         self.root, self.layout = root, layout
         self.split, self.val_fraction, self.fold, self.folds = split, val_fraction, fold, folds
         self.split_file, self.seed = split_file, seed
+        self.samples_per_class, self.min_epoch_samples = samples_per_class, min_epoch_samples
+        self.corruption = corruption
         self.image_size, self.in_chans, self.mean, self.std = image_size, in_chans, tuple(mean), tuple(std)
         self.augment = augment
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -81,13 +90,15 @@ class NEUDataModule(LightningDataModule):
         if self.datasets:
             return
         index = self.prepare_index()
-        images, hashes = load_images(index, self.in_chans, self.image_size)
+        images, hashes = load_images(index, self.in_chans, self.image_size, self.corruption)
         labels = np.array([s.label for s in index.samples], dtype=np.int64)
         if self.split_file:
             self.assignment = read_split_csv(self.split_file, index)
         else:
             self.assignment = assign_splits(labels, hashes, split=self.split, seed=self.seed,
                                             val_fraction=self.val_fraction, fold=self.fold, folds=self.folds)
+        self.assignment = limit_per_class(self.assignment, labels, self.samples_per_class, seed=self.seed,
+                                          class_names=index.class_names)
         if self.output_dir:
             write_split_csv(Path(self.output_dir) / "split.csv", index, self.assignment)
         plain = build_transform(self.mean, self.std)
@@ -98,7 +109,11 @@ class NEUDataModule(LightningDataModule):
             self.datasets[name] = ArrayDataset(images[idx], targets, transform, self.seed if train else None)
             self.dataset_indices[name] = idx
         counts = {name: len(ds) for name, ds in self.datasets.items()}
-        log.info("split %s: %s", "from " + str(self.split_file) if self.split_file else self.split, counts)
+        how = "from " + str(self.split_file) if self.split_file else (
+            f"fold {self.fold} of {self.folds}" if self.fold is not None else self.split)
+        if self.samples_per_class not in (None, "all"):
+            how += f", {self.samples_per_class} training images per class"
+        log.info("split %s: %s", how, counts)
 
     def _loader(self, name: str) -> DataLoader:
         dataset = self.datasets[name]
@@ -106,7 +121,7 @@ class NEUDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffleSampler(dataset, self.seed) if train else None,
+            sampler=EpochShuffleSampler(dataset, self.seed, self.min_epoch_samples) if train else None,
             num_workers=self.num_workers,
             persistent_workers=False,
             drop_last=False,

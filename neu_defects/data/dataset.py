@@ -24,9 +24,16 @@ class ArrayDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        # i >= len: a repeat within the epoch (see EpochShuffleSampler): same image, its own augmentation.
         if self.seed is not None:
             self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
+        i %= len(self.images)
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+def epoch_passes(size: int, min_samples: int = 0) -> int:
+    """How many passes over ``size`` samples make an epoch of at least ``min_samples``."""
+    return max(1, -(-int(min_samples or 0) // max(1, size)))
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -34,17 +41,24 @@ class EpochShuffleSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` before every epoch; the dataset is told the epoch too, for its
     augmentation seeds.
+
+    ``min_samples``: a training set smaller than this is passed over several times per epoch (each
+    pass in its own order), so that a run on a few images per class still takes enough optimiser
+    steps per epoch. Pass r yields ``index + r * len(dataset)``; the dataset reads the index modulo
+    its length and seeds the augmentation from the full one, so every repeat is a fresh view.
     """
 
-    def __init__(self, dataset: ArrayDataset, seed: int):
+    def __init__(self, dataset: ArrayDataset, seed: int, min_samples: int = 0):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.passes = epoch_passes(len(dataset), min_samples)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = self.dataset.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+        n = len(self.dataset)
+        return iter(torch.cat([torch.randperm(n, generator=generator) + r * n for r in range(self.passes)]).tolist())
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) * self.passes

@@ -98,6 +98,35 @@ def assign_splits(
     return out
 
 
+def limit_per_class(
+    assignment: Sequence[str | None], labels: Sequence[int], samples_per_class: int | str | None, *, seed: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> list[str | None]:
+    """Keep ``samples_per_class`` training samples of each class (seeded), drop the other training ones.
+
+    Validation and test are untouched; dropped samples get None (they leave ``split.csv``). Each
+    class's training samples are put in one seeded order and the first k kept, so for one seed the
+    smaller subsets are nested in the larger ones (k = 5 within k = 10), as a learning curve wants.
+    ``None`` or ``"all"`` keeps every training sample.
+    """
+    if samples_per_class is None or samples_per_class == "all":
+        return list(assignment)
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+        raise UserError(f"data.samples_per_class={samples_per_class!r}: keep at least 1 training image per class "
+                        "(an integer), or all (null)")
+    rng = np.random.default_rng([seed, 8])  # its own stream: the split's draws stay as they were
+    out = list(assignment)
+    for label in sorted(set(labels)):
+        train = [i for i, (s, y) in enumerate(zip(assignment, labels, strict=True)) if s == "train" and y == label]
+        if samples_per_class > len(train):
+            name = class_names[label] if class_names else f"class {label}"
+            raise UserError(f"data.samples_per_class={samples_per_class} but {name} has only {len(train)} training "
+                            f"images in this split: use at most {len(train)}, or null for all")
+        for i in np.asarray(train)[rng.permutation(len(train))[samples_per_class:]]:
+            out[i] = None
+    return out
+
+
 def write_split_csv(path: str | Path, index: DatasetIndex, assignment: Sequence[str | None]) -> Path:
     def write(handle):
         writer = csv.writer(handle)

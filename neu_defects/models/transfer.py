@@ -9,7 +9,9 @@ It is the ``ClassifierModule`` (same steps, metrics, reports) with what transfer
 - ``cache_features`` (frozen only; ``auto``, the default, caches whenever the backbone is frozen
   throughout): the backbone runs once per training image and augmented view
   (``cache_views`` views, epoch e trains on view e % cache_views) and once per validation image;
-  the epochs then train the head on those features. Checkpoints still hold the whole net.
+  the epochs then train the head on those features. Checkpoints still hold the whole net. A
+  training set that the data module repeats within an epoch (``data.min_epoch_samples``) gets a
+  view cached for every repeat too, as the uncached run would augment each repeat afresh.
 
 The backbone's settings (``backbone``, ``pretrained``, ``weights``, ``in_chans``) are arguments
 here, and ``net`` is a partial ``BackboneClassifier`` (head settings) that this module completes,
@@ -25,9 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from neu_defects.checkpoint import RECORD
+from neu_defects.data.dataset import epoch_passes
 from neu_defects.errors import UserError
 from neu_defects.models.classifier import ClassifierModule
 from neu_defects.models.nets import BackboneClassifier
@@ -39,17 +42,21 @@ EMBED_BATCH = 64
 
 
 class FeatureViews(Dataset):
-    """(features, label) from a (views, N, D) tensor; the sampler's ``set_epoch`` picks the view."""
+    """(features, label) from a (views, N x passes, D) tensor; the sampler's ``set_epoch`` picks the view.
+
+    Its length is the N images; index ``i + r * N`` is repeat r of image i within an epoch (see
+    ``EpochShuffleSampler``), with features of its own.
+    """
 
     def __init__(self, features: torch.Tensor, labels: np.ndarray):
         self.features, self.labels = features, labels
         self.epoch = 0
 
     def __len__(self) -> int:
-        return self.features.shape[1]
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.features[self.epoch % len(self.features), i], int(self.labels[i])
+        return self.features[self.epoch % len(self.features), i], int(self.labels[i % len(self.labels)])
 
 
 class TransferModule(ClassifierModule):
@@ -131,13 +138,13 @@ class TransferModule(ClassifierModule):
             log.info("epoch %d: backbone unfrozen (lr x %g)", self.current_epoch, self.backbone_lr_scale)
 
     @torch.no_grad()
-    def embed_views(self, dataset: Dataset, views: int) -> torch.Tensor:
-        """(views, N, D) pooled features of the dataset as its epochs 0 .. views-1 augment it."""
+    def embed_views(self, dataset: Dataset, views: int, passes: int = 1) -> torch.Tensor:
+        """(views, N x passes, D) pooled features of the dataset as its epochs 0 .. views-1 augment it."""
         self.net.backbone.eval()
         out = []
         for view in range(views):
             dataset.epoch = view
-            loader = DataLoader(dataset, batch_size=EMBED_BATCH, shuffle=False)
+            loader = DataLoader(Subset(dataset, range(len(dataset) * passes)), batch_size=EMBED_BATCH, shuffle=False)
             out.append(torch.cat([self.net.embed(x.to(self.device)).cpu() for x, _ in loader]))
         dataset.epoch = 0
         return torch.stack(out)
@@ -151,11 +158,13 @@ class TransferModule(ClassifierModule):
                             "it replaces the training images by their cached features")
         start = time.perf_counter()
         self.image_train_set = datasets["train"]
-        datasets["train"] = FeatureViews(self.embed_views(self.image_train_set, self.cache_views),
+        passes = epoch_passes(len(self.image_train_set), getattr(self.trainer.datamodule, "min_epoch_samples", 0))
+        datasets["train"] = FeatureViews(self.embed_views(self.image_train_set, self.cache_views, passes),
                                          self.image_train_set.labels)
         self.val_features = {}
-        log.info("feature cache: %d training images x %d views in %.1f s", len(self.image_train_set),
-                 self.cache_views, time.perf_counter() - start)
+        log.info("feature cache: %d training images x %d views%s in %.1f s", len(self.image_train_set),
+                 self.cache_views, f" x {passes} repeats per epoch" if passes > 1 else "",
+                 time.perf_counter() - start)
 
     def on_fit_end(self) -> None:
         if self.image_train_set is not None:
