@@ -24,6 +24,12 @@ PER_CLASS = 10
 SIZE = 48
 
 
+def toy_labels(per_class: int = 20, classes: int = 3) -> tuple[list[int], list[str]]:
+    """Labels of ``classes`` classes with ``per_class`` images each, and one group per image."""
+    labels = [c for c in range(classes) for _ in range(per_class)]
+    return labels, [f"g{i}" for i in range(len(labels))]
+
+
 def fixture_image(label: int, n: int) -> np.ndarray:
     """A gray texture whose stripe orientation and brightness depend on the class: learnable in seconds."""
     rng = np.random.default_rng(1000 * label + n)

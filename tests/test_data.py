@@ -15,7 +15,7 @@ from neu_defects.data.splits import assign_splits, parse_split, read_split_csv, 
 from neu_defects.data.transforms import build_transform
 from neu_defects.errors import UserError
 
-from .conftest import FIXTURE_CLASSES, PER_CLASS
+from .conftest import FIXTURE_CLASSES, PER_CLASS, toy_labels
 
 
 @pytest.mark.parametrize("layout", ["neu-det", "neu-cls"])
@@ -63,13 +63,8 @@ def test_parse_split_rejects_bad_specs(spec):
         parse_split(spec)
 
 
-def _toy_labels(per_class=20, classes=3):
-    labels = [c for c in range(classes) for _ in range(per_class)]
-    return labels, [f"g{i}" for i in range(len(labels))]
-
-
 def test_three_way_split_is_stratified_and_deterministic():
-    labels, groups = _toy_labels()
+    labels, groups = toy_labels()
     a = assign_splits(labels, groups, split="70_15_15", seed=3)
     assert a == assign_splits(labels, groups, split="70_15_15", seed=3)
     assert a != assign_splits(labels, groups, split="70_15_15", seed=4)
@@ -79,13 +74,13 @@ def test_three_way_split_is_stratified_and_deterministic():
 
 
 def test_two_way_split_carves_validation_from_train():
-    labels, groups = _toy_labels(per_class=50)
+    labels, groups = toy_labels(per_class=50)
     a = assign_splits(labels, groups, split="80_20", seed=0, val_fraction=0.1)
     assert collections.Counter(a) == {"train": 3 * 36, "val": 3 * 4, "test": 3 * 10}
 
 
 def test_folds_partition_the_data():
-    labels, groups = _toy_labels(per_class=25)
+    labels, groups = toy_labels(per_class=25)
     tests = [assign_splits(labels, groups, fold=k, folds=5, seed=1) for k in range(5)]
     in_test = np.array([[s == "test" for s in a] for a in tests])
     assert (in_test.sum(axis=0) == 1).all()

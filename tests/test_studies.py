@@ -25,21 +25,16 @@ from neu_defects.data.transforms import CameraNoise, build_transform
 from neu_defects.errors import UserError
 from neu_defects.studies import write_study
 
-from .conftest import FIXTURE_CLASSES, REPO
+from .conftest import FIXTURE_CLASSES, REPO, toy_labels
 
 QUIET = ["callbacks.progress_bar=null", "hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
-
-
-def _toy(per_class=40, classes=3):
-    labels = [c for c in range(classes) for _ in range(per_class)]
-    return labels, [f"g{i}" for i in range(len(labels))]
 
 
 # ---------------------------------------------------------------- k images per class
 
 
 def test_samples_per_class_keeps_k_per_class_nested_and_leaves_val_test_alone():
-    labels, groups = _toy()
+    labels, groups = toy_labels(per_class=40)
     base = assign_splits(labels, groups, split="70_15_15", seed=3)
     kept = {k: limit_per_class(base, labels, k, seed=3) for k in (1, 5, 10)}
     for k, a in kept.items():
@@ -54,7 +49,7 @@ def test_samples_per_class_keeps_k_per_class_nested_and_leaves_val_test_alone():
 
 
 def test_samples_per_class_errors_say_what_a_class_has():
-    labels, groups = _toy(per_class=20)
+    labels, groups = toy_labels(per_class=20)
     base = assign_splits(labels, groups, split="70_15_15", seed=0)
     with pytest.raises(UserError, match=r"samples_per_class=0: keep at least 1"):
         limit_per_class(base, labels, 0)
