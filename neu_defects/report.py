@@ -86,17 +86,17 @@ def _is_metric(key: str) -> bool:
     return key.startswith(("test/", "fit/"))
 
 
-def _is_overall(key: str) -> bool:
+def is_overall(key: str) -> bool:
     """``test/acc`` but not ``test/f1/crazing``: the per-class metrics stay in the CSV."""
     return _is_metric(key) and key.count("/") == 1
 
 
-def _ok(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def ok_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["status"] == "ok"]
 
 
-def _values(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in _ok(rows) if key in r and not math.isnan(float(r[key]))]
+def metric_values(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) for r in ok_rows(rows) if key in r and not math.isnan(float(r[key]))]
 
 
 def param_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -131,14 +131,14 @@ def main_metric(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> str | None:
     for name in [*candidates, *FALLBACK_METRICS]:
         if name in available:
             return name
-    overall = [k for k in sorted(available) if _is_overall(k) and k.startswith("test/")]
+    overall = [k for k in sorted(available) if is_overall(k) and k.startswith("test/")]
     return overall[0] if overall else None
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"job": "mean", "status": f"{len(_ok(rows))}/{len(rows)} ok"}
+    out: dict[str, Any] = {"job": "mean", "status": f"{len(ok_rows(rows))}/{len(rows)} ok"}
     for key in metric_columns(rows):
-        values = _values(rows, key)
+        values = metric_values(rows, key)
         if values:
             out[key] = sum(values) / len(values)
     return out
@@ -195,7 +195,7 @@ def optuna_best(sweep_dir: Path) -> dict[str, Any] | None:
 
 def jobs_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     varying, fixed = split_params(rows)
-    metrics = [k for k in metric_columns(rows) if _is_overall(k)]
+    metrics = [k for k in metric_columns(rows) if is_overall(k)]
     columns = ["job", *varying, *metrics, "status"]
     body = [[_fmt(r.get(c, ""), c) for c in columns] for r in [*rows, mean_row(rows)]]
     text = f"# Sweep {sweep_dir.name}\n\n{_fixed_line(fixed)}{markdown_table(columns, body)}"
@@ -211,13 +211,13 @@ def grouped_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     varying, fixed = split_params(rows)
     groups = group_rows(rows, varying)
     config_keys = list(groups[0][0])
-    metrics = [k for k in metric_columns(rows) if _is_overall(k)]
+    metrics = [k for k in metric_columns(rows) if is_overall(k)]
     columns = [*(config_keys or ["configuration"]), "jobs ok", *metrics]
     body = []
     for config, members in groups:
         cells = [_fmt_param(v) for v in config.values()] or ["all jobs"]
-        cells.append(f"{len(_ok(members))}/{len(members)}")
-        cells += [mean_std(_values(members, k), k) for k in metrics]
+        cells.append(f"{len(ok_rows(members))}/{len(members)}")
+        cells += [mean_std(metric_values(members, k), k) for k in metrics]
         body.append(cells)
     seeds = [k for k in varying if k in SEED_KEYS]
     over = f"over {', '.join(seeds)}" if seeds else "over the jobs of each configuration"
@@ -232,7 +232,7 @@ def plot_summary(path: Path, rows: list[dict[str, Any]], metric: str) -> Path:
     labels = ["\n".join(f"{k}={_fmt_param(v)}" for k, v in config.items()) or "all jobs" for config, _ in groups]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 1.5), 4.0))
     for i, (_, members) in enumerate(groups):
-        values = _values(members, metric)
+        values = metric_values(members, metric)
         if not values:
             ax.text(i, 0.5, "no ok job", ha="center", transform=ax.get_xaxis_transform(), color="tab:red")
             continue
@@ -240,7 +240,7 @@ def plot_summary(path: Path, rows: list[dict[str, Any]], metric: str) -> Path:
         ax.bar(i, statistics.fmean(values), color="tab:blue", alpha=0.35, width=0.6)
         ax.errorbar(i, statistics.fmean(values), yerr=std, color="black", capsize=6)
         ax.scatter([i] * len(values), values, color="tab:blue", zorder=3, s=18)
-    everything = [v for _, members in groups for v in _values(members, metric)]
+    everything = [v for _, members in groups for v in metric_values(members, metric)]
     if everything:
         # Metrics close to 1 differ in the second decimal: a zero-based axis would hide that.
         low, high = min(everything), max(everything)
@@ -248,7 +248,7 @@ def plot_summary(path: Path, rows: list[dict[str, Any]], metric: str) -> Path:
         ax.set_ylim(max(0.0, low - margin), high + margin if high + margin <= 1 or high > 1 else 1.0)
     ax.set_xticks(range(len(groups)), labels, fontsize=8)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per configuration ({len(_ok(rows))}/{len(rows)} jobs ok)")
+    ax.set_title(f"{metric} per configuration ({len(ok_rows(rows))}/{len(rows)} jobs ok)")
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
 
@@ -271,7 +271,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     metric = main_metric(sweep_dir, rows)
     if metric:
         plot_summary(sweep_dir / "summary.png", rows, metric)
-    log.info("summary of %d jobs (%d ok): %s", len(rows), len(_ok(rows)), sweep_dir / "summary.md")
+    log.info("summary of %d jobs (%d ok): %s", len(rows), len(ok_rows(rows)), sweep_dir / "summary.md")
     return table
 
 

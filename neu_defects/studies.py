@@ -34,13 +34,13 @@ from neu_defects.data.corruptions import CLEAN, SEVERITIES, UNITS
 from neu_defects.errors import UserError
 from neu_defects.io_utils import atomic_write, write_text
 from neu_defects.report import (
-    _is_overall,
-    _ok,
-    _values,
     collect_jobs,
+    is_overall,
     markdown_table,
     mean_std,
     metric_columns,
+    metric_values,
+    ok_rows,
 )
 from neu_defects.reports import plot_confusion_counts, read_confusion_csv, save_figure, write_confusion_csv
 
@@ -76,11 +76,11 @@ def _failed_line(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def cv_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    ok = _ok(rows)
-    metrics = [k for k in metric_columns(rows) if _is_overall(k)]
-    table = [[k, mean_std(_values(rows, k), k), *(f"{v:.4f}" if k.startswith("test/") else f"{v:.1f}"
-                                                 for v in (min(_values(rows, k), default=np.nan),
-                                                           max(_values(rows, k), default=np.nan)))]
+    ok = ok_rows(rows)
+    metrics = [k for k in metric_columns(rows) if is_overall(k)]
+    table = [[k, mean_std(metric_values(rows, k), k), *(f"{v:.4f}" if k.startswith("test/") else f"{v:.1f}"
+                                                 for v in (min(metric_values(rows, k), default=np.nan),
+                                                           max(metric_values(rows, k), default=np.nan)))]
              for k in metrics]
     folds = sorted({str(r.get("data.fold", "")) for r in ok})
     text = (f"# Cross-validation {sweep_dir.name}: {len(ok)}/{len(rows)} folds ok (folds {', '.join(folds)})\n\n"
@@ -97,10 +97,10 @@ def cv_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
                  "study_confusion.csv, study.png):\n\n"
                  + markdown_table(["true \\ predicted", *names],
                                   [[n, *map(str, row)] for n, row in zip(names, total, strict=True)]))
-    _write_csv(sweep_dir / "study.csv", [{"metric": k, "mean": statistics.fmean(_values(rows, k)),
-                                          "std": statistics.stdev(_values(rows, k)) if len(_values(rows, k)) > 1
-                                          else 0.0, "folds": len(_values(rows, k))}
-                                         for k in metric_columns(rows) if _values(rows, k)])
+    per_metric = {k: v for k in metric_columns(rows) if (v := metric_values(rows, k))}
+    _write_csv(sweep_dir / "study.csv", [{"metric": k, "mean": statistics.fmean(v),
+                                          "std": statistics.stdev(v) if len(v) > 1 else 0.0, "folds": len(v)}
+                                         for k, v in per_metric.items()])
     return text + _failed_line(rows)
 
 
@@ -137,7 +137,7 @@ def data_efficiency_study(sweep_dir: Path, rows: list[dict[str, Any]], metric: s
         cells = [k]
         for m in models:
             members = cell.get((m, k), [])
-            values = _values(members, metric)
+            values = metric_values(members, metric)
             cells.append(f"{mean_std(values, metric)} ({len(values)})" if values else "")
             if values:
                 long.append({"model": m, "samples_per_class": k, "mean": statistics.fmean(values),
@@ -145,7 +145,7 @@ def data_efficiency_study(sweep_dir: Path, rows: list[dict[str, Any]], metric: s
                              "values": " ".join(f"{v:.4f}" for v in values)})
         table.append(cells)
     _write_csv(sweep_dir / "study.csv", long)
-    full = [n for r in _ok(rows) if _k(r) == ALL and (n := _train_per_class(sweep_dir, r))]
+    full = [n for r in ok_rows(rows) if _k(r) == ALL and (n := _train_per_class(sweep_dir, r))]
     all_x = statistics.fmean(full) if full else None
     _plot_learning_curve(sweep_dir / "study.png", long, models, all_x, metric)
     note = f"; `all` is {all_x:.0f} training images per class" if all_x else ""
@@ -190,7 +190,7 @@ def _corruption(row: dict[str, Any]) -> str:
 
 
 def robustness_study(sweep_dir: Path, rows: list[dict[str, Any]], metric: str = "test/acc") -> str:
-    clean = _values([r for r in rows if _corruption(r) == "clean"], metric)
+    clean = metric_values([r for r in rows if _corruption(r) == "clean"], metric)
     clean_acc = statistics.fmean(clean) if clean else None
     names = [n for n in SEVERITIES if any(_corruption(r) == n for r in rows)]
     levels = range(1, max((len(SEVERITIES[n]) for n in names), default=0) + 1)
@@ -198,7 +198,8 @@ def robustness_study(sweep_dir: Path, rows: list[dict[str, Any]], metric: str = 
     for name in names:
         cells = [f"{name} ({UNITS[name]})"]
         for s in levels:
-            values = _values([r for r in rows if _corruption(r) == name and str(r.get("severity")) == str(s)], metric)
+            at_level = [r for r in rows if _corruption(r) == name and str(r.get("severity")) == str(s)]
+            values = metric_values(at_level, metric)
             parameter = SEVERITIES[name][s - 1]
             cells.append(f"{statistics.fmean(values):.4f} ({parameter:g})" if values else "")
             if values:
