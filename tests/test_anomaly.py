@@ -152,3 +152,16 @@ def test_latent_isolation_forest_fits_on_codes_and_refits_from_its_checkpoint():
                                   seed=0).eval()
     fresh.load_state_dict(net.state_dict())
     torch.testing.assert_close(fresh(normal[:3])[0], net(normal[:3])[0])
+
+
+def test_isolation_forest_config_trains_through_the_entry_point(fixture_root, tmp_path):
+    run_dir = tmp_path / "iforest"
+    cfg = compose_cfg("train", ["model=ae_iforest", "data.normal_classes=[crazing]", f"data.root={fixture_root / 'neu-cls'}",
+                                "model.image_size=32", "model.net.autoencoder.widths=[8,16]", "model.net.n_estimators=20",
+                                "trainer.max_epochs=1", "callbacks.progress_bar=null", "callbacks.gradcam=null"], run_dir)
+    metrics, _ = train(cfg)
+    assert 0.0 <= metrics["test/image_auroc"] <= 1.0
+    # The forest was fitted on one latent code per normal training image, and the checkpoint carries them.
+    train_rows = [line for line in (run_dir / "split.csv").read_text().splitlines() if line.endswith(",crazing,train")]
+    module = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
+    assert module.net.latents.shape == (len(train_rows), 128)

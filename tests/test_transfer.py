@@ -204,6 +204,13 @@ def test_a_random_backbone_trains_whole_at_one_rate():
     assert all(p.requires_grad for p in module.net.parameters())
 
 
+@pytest.mark.parametrize(("overrides", "size"), [([], 224), (["model.pretrained=false"], 96),
+                                                 (["model.pretrained=false", "model.image_size=200"], 200)])
+def test_input_size_is_the_weights_resolution_only_when_pretrained(tmp_path, overrides, size):
+    cfg = compose_cfg("train", ["model=mobilenetv2", *overrides], tmp_path)
+    assert cfg.model.image_size == cfg.data.image_size == size
+
+
 def test_entry_point_reports_a_constructor_error_as_one_line(fixture_root, tmp_path):
     """Hydra wraps what a constructor raises; the entry point still prints the UserError's line."""
     result = subprocess.run(
