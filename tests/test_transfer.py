@@ -204,11 +204,17 @@ def test_a_random_backbone_trains_whole_at_one_rate():
     assert all(p.requires_grad for p in module.net.parameters())
 
 
-@pytest.mark.parametrize(("overrides", "size"), [([], 224), (["model.pretrained=false"], 96),
-                                                 (["model.pretrained=false", "model.image_size=200"], 200)])
-def test_input_size_is_the_weights_resolution_only_when_pretrained(tmp_path, overrides, size):
-    cfg = compose_cfg("train", ["model=mobilenetv2", *overrides], tmp_path)
-    assert cfg.model.image_size == cfg.data.image_size == size
+@pytest.mark.parametrize(("overrides", "recipe"), [
+    (["model=mobilenetv2"], (224, 0.001, 20)),
+    (["model=mobilenetv2", "model.pretrained=false"], (96, 0.003, 40)),
+    (["model=mobilenetv2", "model.pretrained=false", "model.image_size=200", "trainer.max_epochs=5"], (200, 0.003, 5)),
+    (["model=cnn"], (64, 0.002, 20)),
+])
+def test_from_scratch_recipe_follows_model_pretrained(tmp_path, overrides, recipe):
+    """Pretrained: the weights' 224 px, a head's rate, 20 epochs; from scratch: 96 px, a higher rate, 40 epochs."""
+    cfg = compose_cfg("train", overrides, tmp_path)
+    assert cfg.model.image_size == cfg.data.image_size
+    assert (cfg.model.image_size, cfg.model.optimizer.lr, cfg.trainer.max_epochs) == recipe
 
 
 def test_entry_point_reports_a_constructor_error_as_one_line(fixture_root, tmp_path):
