@@ -77,11 +77,10 @@ def _failed_line(rows: Sequence[dict[str, Any]]) -> str:
 
 def cv_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     ok = ok_rows(rows)
-    metrics = [k for k in metric_columns(rows) if is_overall(k)]
-    table = [[k, mean_std(metric_values(rows, k), k), *(f"{v:.4f}" if k.startswith("test/") else f"{v:.1f}"
-                                                 for v in (min(metric_values(rows, k), default=np.nan),
-                                                           max(metric_values(rows, k), default=np.nan)))]
-             for k in metrics]
+    per_metric = {k: metric_values(rows, k) for k in metric_columns(rows)}
+    table = [[k, mean_std(v, k), *(f"{x:.4f}" if k.startswith("test/") else f"{x:.1f}"
+                                   for x in (min(v, default=np.nan), max(v, default=np.nan)))]
+             for k, v in per_metric.items() if is_overall(k)]
     folds = sorted({str(r.get("data.fold", "")) for r in ok})
     text = (f"# Cross-validation {sweep_dir.name}: {len(ok)}/{len(rows)} folds ok (folds {', '.join(folds)})\n\n"
             + markdown_table(["metric", "mean ± std (sample) over folds", "min", "max"], table))
@@ -97,10 +96,9 @@ def cv_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
                  "study_confusion.csv, study.png):\n\n"
                  + markdown_table(["true \\ predicted", *names],
                                   [[n, *map(str, row)] for n, row in zip(names, total, strict=True)]))
-    per_metric = {k: v for k in metric_columns(rows) if (v := metric_values(rows, k))}
     _write_csv(sweep_dir / "study.csv", [{"metric": k, "mean": statistics.fmean(v),
                                           "std": statistics.stdev(v) if len(v) > 1 else 0.0, "folds": len(v)}
-                                         for k, v in per_metric.items()])
+                                         for k, v in per_metric.items() if v])
     return text + _failed_line(rows)
 
 
