@@ -274,3 +274,22 @@ def test_checkpoint_round_trip_predicts_the_same(fixture_root, tmp_path, tiny_we
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), model(x))
+
+
+def test_feature_stages_widen_the_head_and_survive_the_checkpoint(fixture_root, tmp_path, tiny_weights):
+    """Pooled earlier stages join the head's input, through the feature cache and back out of the checkpoint."""
+    _, objects = train(tiny_cfg(fixture_root, tmp_path, tiny_weights[0], "model.finetune=frozen",
+                                "model.cache_features=true", "model.net.feature_stages=[3,1]", "trainer.max_epochs=1"))
+    net = objects["model"].eval().net
+    info, width = net.backbone.feature_info, net.backbone.num_features
+    assert net.feature_stages == [1, 3]
+    assert net.head[1].in_features == width + info[1]["num_chs"] + info[3]["num_chs"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        maps = net.backbone.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        embedding = net.embed(x)
+        torch.testing.assert_close(embedding[:, :width], net.backbone(x))
+        torch.testing.assert_close(embedding[:, width:], torch.cat([m.mean((2, 3)) for m in maps], 1))
+        torch.testing.assert_close(load_module(tmp_path / "checkpoints" / "last.ckpt")(x), net(x))
+    with pytest.raises(UserError, match=r"model.net.feature_stages=\[9\]: test_efficientnet has feature stages 0..4"):
+        BackboneClassifier(TINY, feature_stages=[9])

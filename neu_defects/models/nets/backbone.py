@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from neu_defects.errors import UserError
 from neu_defects.models.weights import build_backbone
+
+
+def check_stages(backbone: nn.Module, name: str, stages: Sequence[int]) -> list[int]:
+    count = len(backbone.feature_info)
+    stages = [int(i) for i in stages]
+    if any(not 0 <= i < count for i in stages) or len(set(stages)) != len(stages):
+        raise UserError(f"model.net.feature_stages={stages}: {name} has feature stages 0..{count - 1} "
+                        f"({', '.join(str(f['num_chs']) for f in backbone.feature_info)} channels); "
+                        "list each at most once")
+    return sorted(stages)
 
 
 class BackboneClassifier(nn.Module):
@@ -17,6 +29,11 @@ class BackboneClassifier(nn.Module):
     The split is what fine-tuning freezes and what the feature cache stores. Normalisation and
     channels come from the backbone's pretrained config, so the data pipeline feeds what the
     weights were trained on.
+
+    ``feature_stages`` (indices into the backbone's ``feature_info``) adds the average-pooled maps
+    of earlier stages to the head's input. ImageNet's last layer is tuned to objects; the
+    mid-level stages describe texture, which is what tells NEU's defects apart when only a few
+    labelled images train the head (experiments/README.md, data efficiency).
     """
 
     def __init__(
@@ -28,6 +45,7 @@ class BackboneClassifier(nn.Module):
         in_chans: int = 3,
         drop_rate: float = 0.2,
         pretrained_cfg_overlay: dict[str, Any] | None = None,
+        feature_stages: Sequence[int] = (),
     ):
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained, weights, in_chans, pretrained_cfg_overlay)
@@ -39,7 +57,9 @@ class BackboneClassifier(nn.Module):
             # channels share it (EfficientNet-Lite: 0.5 / 0.5), close for ImageNet's mean and std.
             mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
         self.mean, self.std = mean, std
-        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.backbone.num_features, num_classes))
+        self.feature_stages = check_stages(self.backbone, backbone, feature_stages)
+        width = self.backbone.num_features + sum(self.backbone.feature_info[i]["num_chs"] for i in self.feature_stages)
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(width, num_classes))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map (before pooling)."""
@@ -47,7 +67,10 @@ class BackboneClassifier(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features: the head's input, and what the feature cache stores."""
-        return self.backbone(x)
+        if not self.feature_stages:
+            return self.backbone(x)
+        final, stages = self.backbone.forward_intermediates(x, indices=self.feature_stages)
+        return torch.cat([self.backbone.forward_head(final, pre_logits=True), *(m.mean((2, 3)) for m in stages)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
