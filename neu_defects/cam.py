@@ -4,13 +4,17 @@
 backbone, inside Lightning's validation and test loops (which run under ``torch.inference_mode``)
 or in a plain script, and the net comes back exactly as it was (train/eval mode of every
 submodule, ``requires_grad`` and ``.grad`` of every parameter).
+
+A target layer may be several module paths joined by ``+``: the maps of the layers, each scaled
+to [0, 1] at the input size, are multiplied (RefineCAM's fusion, pytorch-grad-cam), so a coarse
+layer says where the evidence is and the finer ones sharpen it to what they also see.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -37,7 +41,39 @@ from torch import nn
 from neu_defects.errors import UserError
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "layercam": LayerCAM,
-           "xgradcam": XGradCAM}
+           "xgradcam": XGradCAM, "oriented-eigencam": EigenCAM}
+# EigenCAM projects the centred activations on their first principal direction, whose sign an SVD
+# leaves arbitrary: after the ReLU a wrong sign shows the background, and which sign LAPACK returns
+# differs between layers. The oriented variant flips each projection that anti-correlates with the
+# classifier's evidence for the explained class: the raw (centred, pre-ReLU) Grad-CAM map of the
+# net's last layer with a spatial output.
+ORIENTED = ("oriented-eigencam",)
+# Methods whose map is a projection already, which eigen_smooth leaves unchanged.
+PROJECTIONS = ("eigencam", "oriented-eigencam")
+
+
+def fuse_layer_maps(per_layer: Sequence[np.ndarray]) -> np.ndarray:
+    """RefineCAM's fusion: the product of the layers' maps (each in [0, 1]), rescaled to [0, 1]."""
+    return scale_cam_image(np.prod(np.stack([np.maximum(m, 0) for m in per_layer]), axis=0))
+
+
+def raw_gradcam(activations: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM before its ReLU, of centred activations: (N, C, h, w) -> (N, h, w)."""
+    centred = activations - activations.mean(axis=(2, 3), keepdims=True)
+    return np.einsum("nc,nchw->nhw", grads.mean(axis=(2, 3)), centred)
+
+
+def orient(projections: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """Each (h, w) projection, negated where it anti-correlates with the evidence map (any size)."""
+    out = []
+    for projection, reference in zip(projections, evidence, strict=True):
+        reference = cv2.resize(reference.astype(np.float32), projection.shape[::-1], interpolation=cv2.INTER_AREA)
+        out.append(-projection if float((projection * reference).sum()) < 0 else projection)
+    return np.float32(out)
+
+
+def split_layers(layer: str) -> list[str]:
+    return [part for part in layer.split("+") if part]
 
 
 @dataclass(frozen=True)
@@ -109,9 +145,10 @@ def _family(net: nn.Module) -> str:
     return type(inner).__name__ if isinstance(inner, nn.Module) else type(net).__name__
 
 
-def _has_module(net: nn.Module, path: str) -> bool:
+def _has_modules(net: nn.Module, path: str) -> bool:
     try:
-        net.get_submodule(path)
+        for part in split_layers(path):
+            net.get_submodule(part)
     except AttributeError:
         return False
     return True
@@ -119,7 +156,7 @@ def _has_module(net: nn.Module, path: str) -> bool:
 
 def default_setting(net: nn.Module, in_chans: int, image_size: int) -> CAMSetting:
     best = BEST_SETTINGS.get(_family(net))
-    if best is not None and _has_module(net, best.layer):
+    if best is not None and _has_modules(net, best.layer):
         return best
     events = trace_feature_maps(net, in_chans, image_size)
     if not events:
@@ -143,17 +180,22 @@ def resolve_setting(net: nn.Module, in_chans: int, image_size: int, method: str 
 
 
 def resolve_layer(net: nn.Module, path: str, in_chans: int, image_size: int) -> str:
-    """``auto`` or a module path under the net (a leading ``net.`` is accepted) -> a checked path."""
+    """``auto``, a module path under the net (a leading ``net.`` is accepted) or several joined by
+    ``+`` -> a checked path; fused layers come back once each, in module order."""
     if path in (None, "", "auto"):
         return default_setting(net, in_chans, image_size).layer
-    path = path.removeprefix("net.")
-    try:
-        net.get_submodule(path)
-    except AttributeError as err:
-        options = ", ".join(candidate_layers(net, in_chans, image_size, count=4))
-        raise UserError(f"target_layer={path!r} is not a module of {type(net).__name__}: "
-                        f"use auto or a module path such as {options}") from err
-    return path
+    parts = [part.removeprefix("net.") for part in split_layers(str(path))]
+    for part in parts:
+        try:
+            net.get_submodule(part)
+        except AttributeError as err:
+            options = ", ".join(candidate_layers(net, in_chans, image_size, count=4))
+            raise UserError(f"target_layer={part!r} is not a module of {type(net).__name__}: use auto, a module "
+                            f"path such as {options}, or several joined by +") from err
+    if len(parts) > 1:
+        order = {name: k for k, name in enumerate(n for n, _ in net.named_modules())}
+        parts = sorted(dict.fromkeys(parts), key=order.__getitem__)
+    return "+".join(parts)
 
 
 def thin_2d_projection(activation_batch: np.ndarray) -> np.ndarray:
@@ -207,11 +249,11 @@ class CAMExplainer:
     aug_smooth: bool = False
     eigen_smooth: bool = False
     chunk_size: int = 32
-    _module: nn.Module = field(init=False, repr=False)
 
     def __post_init__(self):
         check_method(self.method)
-        self._module = self.net.get_submodule(self.layer)
+        for layer in split_layers(self.layer):
+            self.net.get_submodule(layer)
 
     @classmethod
     def from_setting(cls, net: nn.Module, setting: CAMSetting, chunk_size: int = 32) -> CAMExplainer:
@@ -234,42 +276,36 @@ class CAMExplainer:
         return np.concatenate(maps), torch.cat(logits)
 
     def _explain(self, images: torch.Tensor, targets: list[int] | None) -> tuple[np.ndarray, torch.Tensor]:
-        # Parameters are frozen for the CAM and the input carries the gradient instead: frozen
-        # backbones still get gradients at the target layer, and no parameter's .grad is touched.
-        # Lightning's eval loops run in inference mode, whose tensors cannot enter autograd, hence
-        # inference_mode(False) and a clone.
-        with preserved_state(self.net), torch.inference_mode(False), torch.enable_grad(), cam_runtime():
-            for param in self.net.parameters():
-                param.requires_grad_(False)
-            x = images.detach().clone().requires_grad_(True)
-            cam = METHODS[self.method](model=self.net, target_layers=[self._module])
-            # Released in finally rather than with `with`: BaseCAM.__exit__ swallows IndexError.
-            try:
-                cam_targets = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-                maps = cam(input_tensor=x, targets=cam_targets, aug_smooth=self.aug_smooth,
-                           eigen_smooth=self.eigen_smooth)
-                # With aug_smooth the last forward saw a flipped, rescaled copy, so predict afresh.
-                with torch.no_grad():
-                    logits = self.net(x) if self.aug_smooth else cam.outputs
-                logits = logits.detach()
-            finally:
-                cam.activations_and_grads.release()
-        return np.asarray(maps, dtype=np.float32), logits
+        maps, logits = cam_grid(self.net, images, targets, [self.layer], [self.method], self.aug_smooth,
+                                self.eigen_smooth)
+        return maps[(self.method, self.layer)], logits
 
 
-def cam_grid(net: nn.Module, images: torch.Tensor, targets: Sequence[int], layers: Sequence[str],
+def last_spatial_layer(net: nn.Module, images: torch.Tensor) -> str:
+    """The net's last module with a spatial output, for images of this shape."""
+    return trace_feature_maps(net, images.shape[1], images.shape[-1])[-1][0]
+
+
+def cam_grid(net: nn.Module, images: torch.Tensor, targets: Sequence[int] | None, layers: Sequence[str],
              methods: Sequence[str], aug_smooth: bool = False, eigen_smooth: bool = False
              ) -> tuple[dict[tuple[str, str], np.ndarray], torch.Tensor]:
-    """({(method, layer): maps}, logits) from one forward/backward pass per test-time augmentation.
+    """({(method, layer): maps}, logits) for normalised images; ``targets=None`` explains the prediction.
 
-    The same maths as ``CAMExplainer`` (pytorch-grad-cam's ``get_cam_image``, scaling and
-    augmentation smoothing; the tests check the maps agree), but the activations and gradients of
-    one pass serve every method and layer, which makes a study of methods x layers affordable.
+    pytorch-grad-cam's maths (``get_cam_image``, scaling, test-time augmentation; the tests check
+    the maps equal the library's), with two differences: the activations and gradients of one
+    pass serve every method and layer, which makes a study of methods x layers affordable, and
+    ``+``-joined layers are fused by ``fuse_layer_maps``.
+
+    Parameters are frozen for the pass and the input carries the gradient instead: frozen
+    backbones still get gradients at the target layers, and no parameter's ``.grad`` is touched.
+    Lightning's eval loops run in inference mode, whose tensors cannot enter autograd, hence
+    ``inference_mode(False)`` and a clone.
     """
     for method in methods:
         check_method(method)
     size = (images.shape[-1], images.shape[-2])
-    target_idx = torch.as_tensor(list(targets), device=images.device)
+    parts = list(dict.fromkeys(part for layer in layers for part in split_layers(layer)))
+    reference = last_spatial_layer(net, images) if any(m in ORIENTED for m in methods) else None
     sums: dict[tuple[str, str], list[np.ndarray]] = {(m, layer): [] for m in methods for layer in layers}
     with preserved_state(net), torch.inference_mode(False), torch.enable_grad(), cam_runtime():
         for param in net.parameters():
@@ -277,8 +313,14 @@ def cam_grid(net: nn.Module, images: torch.Tensor, targets: Sequence[int], layer
         # The library's objects only for their maths; they switch the net to eval mode, as wanted.
         engines = {m: METHODS[m](model=net, target_layers=[]) for m in methods}
         x = images.detach().clone().requires_grad_(True)
+        if targets is None:
+            with torch.no_grad():
+                targets = net(x).argmax(-1).tolist()
+        target_idx = torch.as_tensor(list(targets), device=images.device)
+        cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
         # One recorder per layer: a shared one lists activations in execution order, not layer order.
-        recorders = {layer: ActivationsAndGradients(net, [net.get_submodule(layer)], None) for layer in layers}
+        recorded = list(dict.fromkeys([*parts, *([reference] if reference else [])]))
+        recorders = {name: ActivationsAndGradients(net, [net.get_submodule(name)], None) for name in recorded}
         logits = None
         try:
             transforms = list(next(iter(engines.values())).tta_transforms) if aug_smooth else [None]
@@ -290,15 +332,19 @@ def cam_grid(net: nn.Module, images: torch.Tensor, targets: Sequence[int], layer
                 if transform is None:
                     logits = outputs.detach()
                 outputs.gather(1, target_idx[:, None]).sum().backward()
-                cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
-                for layer, recorder in recorders.items():
-                    activations = recorder.activations[0].numpy()
-                    grads = recorder.gradients[0].numpy()
-                    for method, engine in engines.items():
-                        cam = engine.get_cam_image(augmented, net.get_submodule(layer), cam_targets, activations,
-                                                   grads, eigen_smooth)
-                        # BaseCAM: relu, scale to the input, then aggregate_multi_layers rescales.
-                        cam = scale_cam_image(np.maximum(scale_cam_image(np.maximum(cam, 0), size), 0))
+                recordings = {name: (r.activations[0].numpy(), r.gradients[0].numpy()) for name, r in recorders.items()}
+                evidence = raw_gradcam(*recordings[reference]) if reference else None
+                for method, engine in engines.items():
+                    per_layer = {}
+                    for part in parts:
+                        cam = engine.get_cam_image(augmented, net.get_submodule(part), cam_targets, *recordings[part],
+                                                   eigen_smooth)
+                        if method in ORIENTED:
+                            cam = orient(cam, evidence)
+                        # BaseCAM.compute_cam_per_layer: relu, then scale to the input.
+                        per_layer[part] = scale_cam_image(np.maximum(cam, 0), size)
+                    for layer in layers:
+                        cam = fuse_layer_maps([per_layer[part] for part in split_layers(layer)])
                         if transform is not None:
                             cam = transform.deaugment_mask(torch.from_numpy(cam[:, None])).numpy()[:, 0]
                         sums[(method, layer)].append(cam)

@@ -21,7 +21,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, open_dict
 
-from neu_defects.cam import cam_grid, candidate_layers, check_method, resolve_layer, trace_feature_maps
+from neu_defects.cam import (
+    PROJECTIONS,
+    cam_grid,
+    candidate_layers,
+    check_method,
+    resolve_layer,
+    split_layers,
+    trace_feature_maps,
+)
 from neu_defects.checkpoint import load_module
 from neu_defects.cli import exit_on_user_error, log, quiet_libraries
 from neu_defects.data import build_index
@@ -50,8 +58,14 @@ def _settings(study: DictConfig) -> tuple[list[str], list[str]]:
 
 
 def _layers(net, spec: dict[str, Any], layers) -> list[str]:
+    """``auto``: the last block and the blocks ending the two finer stages, alone, each finer one
+    fused with the last block, and all three fused; or the given paths (``+`` fuses)."""
     if layers in (None, "auto"):
-        return candidate_layers(net, spec["in_chans"], spec["image_size"])
+        coarsest, *finer = candidate_layers(net, spec["in_chans"], spec["image_size"])
+        fused = [resolve_layer(net, f"{coarsest}+{layer}", spec["in_chans"], spec["image_size"]) for layer in finer]
+        if len(finer) > 1:
+            fused.append(resolve_layer(net, "+".join([coarsest, *finer]), spec["in_chans"], spec["image_size"]))
+        return [coarsest, *finer, *fused]
     layers = list(layers) if isinstance(layers, list | ListConfig) else [layers]
     return [resolve_layer(net, str(layer), spec["in_chans"], spec["image_size"]) for layer in layers]
 
@@ -102,7 +116,7 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
     for setting in smoothing:
         aug, eigen = SMOOTHING[setting]
         # EigenCAM is a projection already: eigen_smooth leaves it unchanged.
-        setting_methods = [m for m in methods if not (eigen and m == "eigencam")]
+        setting_methods = [m for m in methods if not (eigen and m in PROJECTIONS)]
         tallies = {(m, layer): LocalisationTally(names, study.iou_threshold) for m in setting_methods for layer in layers}
         correct, start = 0, time.perf_counter()
         for first in range(0, len(dataset), study.batch_size):
@@ -120,7 +134,7 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
         for (method, layer), tally in tallies.items():
             summary = tally.summary("cam")
             coverage = {k.removeprefix("cam_chance"): v for k, v in summary.items() if k.startswith("cam_chance")}
-            rows.append({"method": method, "layer": layer, "map": "x".join(map(str, resolution[layer])),
+            rows.append({"method": method, "layer": layer, "map": "+".join("x".join(map(str, resolution[part])) for part in split_layers(layer)),
                          "smoothing": setting, **{k: v for k, v in summary.items() if "chance" not in k},
                          "seconds": round(seconds, 1)})
     rows.sort(key=lambda r: -(r["cam_pointing_game"] + r["cam_energy_in_box"]))

@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pytorch_grad_cam import GradCAM, RefineCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from neu_defects.cam import (
     METHODS,
+    ORIENTED,
     CAMExplainer,
     CAMSetting,
     cam_grid,
     candidate_layers,
+    raw_gradcam,
     resolve_layer,
     resolve_setting,
     thin_2d_projection,
@@ -69,11 +75,47 @@ def test_shared_pass_grid_equals_the_library_per_method(aug, eigen):
     net = small_cnn().eval()
     x, targets = images(), [2, 0, 1, 1]
     layers = ["features.2", "features.1"]
-    grid, logits = cam_grid(net, x, targets, layers, list(METHODS), aug, eigen)
+    library_methods = [m for m in METHODS if m not in ORIENTED]
+    grid, logits = cam_grid(net, x, targets, layers, library_methods, aug, eigen)
+    torch.testing.assert_close(logits, net(x))
+    cam_targets = [ClassifierOutputTarget(t) for t in targets]
     for (method, layer), maps in grid.items():
-        reference, reference_logits = CAMExplainer(net, layer, method, aug, eigen)(x, targets)
-        np.testing.assert_allclose(maps, reference, atol=1e-6, err_msg=f"{method} on {layer}")
-        torch.testing.assert_close(logits, reference_logits)
+        with METHODS[method](model=net, target_layers=[net.get_submodule(layer)]) as cam:
+            reference = cam(input_tensor=x, targets=cam_targets, aug_smooth=aug, eigen_smooth=eigen)
+        np.testing.assert_allclose(maps, reference, atol=1e-5, err_msg=f"{method} on {layer}")
+
+
+def test_fused_layers_are_refinecam():
+    net = small_cnn().eval()
+    x, targets = images(), [0, 1, 2, 0]
+    fused, _ = CAMExplainer(net, "features.1+features.2", "gradcam")(x, targets)
+    refine = RefineCAM(net, [net.features[1], net.features[2]], base_method=GradCAM)
+    np.testing.assert_allclose(fused, refine(x, [ClassifierOutputTarget(t) for t in targets]), atol=1e-5)
+    assert (fused.max(axis=(1, 2)) > 0.99).sum() >= 2
+    assert resolve_layer(net, "net.features.2+features.1+features.2", 1, 32) == "features.1+features.2"
+    with pytest.raises(UserError, match="features.7"):
+        resolve_layer(net, "features.2+features.7", 1, 32)
+
+
+def test_oriented_eigencam_agrees_with_the_class_evidence():
+    net = small_cnn().eval()
+    x, targets = images(8), [0, 1, 2, 0, 1, 2, 0, 1]
+    maps, _ = CAMExplainer(net, "features.1", "oriented-eigencam")(x, targets)
+    with torch.no_grad():
+        fine = net.features[1](net.pool(net.features[0](x)))
+        last = net.features[2](net.pool(fine)).requires_grad_(True)
+    # The evidence: Grad-CAM of the true class on the last block, before its ReLU.
+    grads = torch.autograd.grad(net.head(last).gather(1, torch.tensor(targets)[:, None]).sum(), last)[0]
+    evidence = raw_gradcam(last.detach().numpy(), grads.numpy())
+    signs = []
+    for cam_map, projection, reference in zip(maps, thin_2d_projection(fine.numpy()), evidence, strict=True):
+        coarse = cv2.resize(reference, projection.shape[::-1], interpolation=cv2.INTER_AREA)
+        sign = 1.0 if (projection * coarse).sum() >= 0 else -1.0
+        # BaseCAM's scaling: to [0, 1] at the map's size, then again after the resize to the input.
+        expected = scale_cam_image(scale_cam_image(np.maximum(sign * projection, 0)[None], (32, 32)))[0]
+        np.testing.assert_allclose(cam_map, expected, atol=1e-5)
+        signs.append(sign)
+    assert set(signs) == {1.0, -1.0}, "the case needs both orientations to test anything"
 
 
 def test_thin_projection_equals_the_library():
