@@ -89,8 +89,9 @@ class CAMSetting:
 # What experiments/cam_localisation measured best per net family (layers are paths under the net).
 # Other families get Grad-CAM on their last module with a spatial output.
 BEST_SETTINGS = {
-    "DefectCNN": CAMSetting("gradcam++", "features.3", eigen_smooth=True),
-    "EfficientNet": CAMSetting("eigencam", "backbone.blocks.5"),
+    "DefectCNN": CAMSetting("gradcam", "features.2+features.3", eigen_smooth=True),
+    "EfficientNet": CAMSetting("oriented-eigencam",
+                               "backbone.blocks.2+backbone.blocks.4+backbone.blocks.5+backbone.blocks.6"),
 }
 
 

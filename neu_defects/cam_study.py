@@ -141,12 +141,12 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
     chance_row = {"method": "chance (uniform map or point)", "layer": "", "map": "", "smoothing": "",
                   **{f"cam_{s}{suffix}": v for s in SCORES for suffix, v in coverage.items()}}
     context = {"name": name, "ckpt": str(ckpt_path), "net": type(net).__name__, "image_size": spec["image_size"],
-               "images": sum(m is not None for m in masks), "accuracy": accuracy}
+               "images": sum(m is not None for m in masks), "accuracy": accuracy, "split": study.split}
     write_outputs(run_dir, rows, chance_row, coverage, names, context)
     best = rows[0]
-    log.info("best: %s on %s (%s smoothing): pointing game %.3f, energy in box %.3f (chance %.3f); test acc %.4f",
+    log.info("best: %s on %s (%s smoothing): pointing game %.3f, energy in box %.3f (chance %.3f); %s acc %.4f",
              best["method"], best["layer"], best["smoothing"], best["cam_pointing_game"], best["cam_energy_in_box"],
-             coverage[""], accuracy)
+             coverage[""], study.split, accuracy)
     return [*rows, chance_row]
 
 
@@ -170,8 +170,8 @@ def write_outputs(run_dir: Path, rows: list[dict], chance_row: dict, coverage: d
     lines = [
         f"# CAM localisation: {context['name']}",
         "",
-        f"{context['net']} at {context['image_size']} px, checkpoint `{context['ckpt']}`; test accuracy "
-        f"{context['accuracy']:.4f}; {context['images']} annotated test images; map of the true class. "
+        f"{context['net']} at {context['image_size']} px, checkpoint `{context['ckpt']}`; {context['split']} accuracy "
+        f"{context['accuracy']:.4f}; {context['images']} annotated {context['split']} images; map of the true class. "
         "Ranked by the mean of pointing game and energy in box.",
         "",
         "| " + " | ".join(header) + " |",

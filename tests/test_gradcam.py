@@ -133,13 +133,14 @@ def test_target_layers_for_the_cnn_and_a_timm_backbone():
 
     # A net of no studied family: Grad-CAM on its last block, smoothing off.
     assert resolve_setting(cnn, 1, 32) == CAMSetting("gradcam", "features.2")
-    assert resolve_setting(DefectCNN(), 1, 64) == CAMSetting("gradcam++", "features.3", eigen_smooth=True)
-    assert resolve_setting(DefectCNN(), 1, 64, method="layercam") == CAMSetting("layercam", "features.3")
+    assert resolve_setting(DefectCNN(), 1, 64) == CAMSetting("gradcam", "features.2+features.3", eigen_smooth=True)
+    assert resolve_setting(DefectCNN(), 1, 64, method="layercam") == CAMSetting("layercam", "features.2+features.3")
 
     lite0 = BackboneClassifier("tf_efficientnet_lite0", num_classes=3, pretrained=False).eval()
     assert candidate_layers(lite0, 3, 64) == ["backbone.bn2", "backbone.blocks.4", "backbone.blocks.2"]
     setting = resolve_setting(lite0, 3, 64, layer="auto", eigen_smooth=True)
-    assert setting == CAMSetting("eigencam", "backbone.blocks.5", eigen_smooth=True)
+    assert setting == CAMSetting("oriented-eigencam", "backbone.blocks.2+backbone.blocks.4+backbone.blocks.5"
+                                 "+backbone.blocks.6", eigen_smooth=True)
     lite0.backbone.requires_grad_(False)
     with torch.inference_mode():
         maps, _ = CAMExplainer(lite0, "backbone.bn2", "gradcam++")(torch.randn(2, 3, 64, 64), [0, 1])
@@ -203,6 +204,31 @@ def test_explain_any_image_files_and_lists_unreadable_ones(real_run, neu_root, t
     assert Image.open(out / "overlays" / "scratches_1.png").size == (200, 200)
     assert (out / "contact_sheet.png").is_file() and (out / "predictions.csv").is_file()
     assert "broken.jpg" in (out / "unreadable.txt").read_text()
+
+
+@pytest.mark.real_data
+def test_localisation_study_scores_methods_and_fused_layers(real_run, tmp_path):
+    import csv
+
+    from neu_defects.cam_study import run_study
+
+    run_dir, _ = real_run
+    out = tmp_path / "study"
+    cfg = compose_cfg("cam_study", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "study.smoothing=[none]",
+                                    "study.methods=[gradcam,oriented-eigencam]"], out)
+    rows = run_study(cfg)
+    layers = ["features.3", "features.2", "features.1", "features.2+features.3", "features.1+features.3",
+              "features.1+features.2+features.3"]
+    assert sorted((r["method"], r["layer"]) for r in rows[:-1]) == sorted(
+        (m, layer) for m in ("gradcam", "oriented-eigencam") for layer in layers)
+    scores = [r[f"cam_{s}"] for r in rows for s in ("pointing_game", "energy_in_box", "iou")]
+    assert all(0 <= v <= 1 for v in scores) and len(set(scores)) > 10
+    assert rows[-1]["cam_pointing_game"] == pytest.approx(0.40, abs=0.03)
+    with open(out / "results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    table = (out / "table.md").read_text()
+    assert "chance (uniform map or point)" in table and "test accuracy" in table
+    assert (out / "cam_localisation_best.png").stat().st_size > 1000
 
 
 def test_callback_off_on_fixture_data(fixture_root, tmp_path):

@@ -95,7 +95,7 @@ def test_gradcam_explorer(artefacts, neu_root, tmp_path, monkeypatch):
     monkeypatch.setenv("NB_METHODS", "gradcam,eigencam")
     monkeypatch.setenv("NB_LOCALISATION_IMAGES", "24")
     text = execute("03_gradcam_explorer.ipynb", tmp_path)
-    assert "default CAM setting: gradcam++ on features.3" in text
+    assert "default CAM setting: gradcam on features.2+features.3" in text
     rows = dict(re.findall(r"\| (gradcam|eigencam) \| ([\d.]+) \|", text))
     assert set(rows) == {"gradcam", "eigencam"} and all(0 <= float(v) <= 1 for v in rows.values())
 
