@@ -134,7 +134,8 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
         for (method, layer), tally in tallies.items():
             summary = tally.summary("cam")
             coverage = {k.removeprefix("cam_chance"): v for k, v in summary.items() if k.startswith("cam_chance")}
-            rows.append({"method": method, "layer": layer, "map": "+".join("x".join(map(str, resolution[part])) for part in split_layers(layer)),
+            map_sizes = "+".join("x".join(map(str, resolution[part])) for part in split_layers(layer))
+            rows.append({"method": method, "layer": layer, "map": map_sizes,
                          "smoothing": setting, **{k: v for k, v in summary.items() if "chance" not in k},
                          "seconds": round(seconds, 1)})
     rows.sort(key=lambda r: -(r["cam_pointing_game"] + r["cam_energy_in_box"]))
