@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -250,6 +250,7 @@ class CAMExplainer:
     aug_smooth: bool = False
     eigen_smooth: bool = False
     chunk_size: int = 32
+    _reference: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         check_method(self.method)
@@ -277,8 +278,10 @@ class CAMExplainer:
         return np.concatenate(maps), torch.cat(logits)
 
     def _explain(self, images: torch.Tensor, targets: list[int] | None) -> tuple[np.ndarray, torch.Tensor]:
+        if self.method in ORIENTED and self._reference is None:
+            self._reference = last_spatial_layer(self.net, images)
         maps, logits = cam_grid(self.net, images, targets, [self.layer], [self.method], self.aug_smooth,
-                                self.eigen_smooth)
+                                self.eigen_smooth, self._reference)
         return maps[(self.method, self.layer)], logits
 
 
@@ -288,9 +291,11 @@ def last_spatial_layer(net: nn.Module, images: torch.Tensor) -> str:
 
 
 def cam_grid(net: nn.Module, images: torch.Tensor, targets: Sequence[int] | None, layers: Sequence[str],
-             methods: Sequence[str], aug_smooth: bool = False, eigen_smooth: bool = False
-             ) -> tuple[dict[tuple[str, str], np.ndarray], torch.Tensor]:
+             methods: Sequence[str], aug_smooth: bool = False, eigen_smooth: bool = False,
+             reference: str | None = None) -> tuple[dict[tuple[str, str], np.ndarray], torch.Tensor]:
     """({(method, layer): maps}, logits) for normalised images; ``targets=None`` explains the prediction.
+    ``reference`` is the layer whose Grad-CAM orients ``oriented-eigencam``; None finds the net's last
+    spatial layer with a traced forward pass, which repeated calls can save by passing it.
 
     pytorch-grad-cam's maths (``get_cam_image``, scaling, test-time augmentation; the tests check
     the maps equal the library's), with two differences: the activations and gradients of one
@@ -306,7 +311,10 @@ def cam_grid(net: nn.Module, images: torch.Tensor, targets: Sequence[int] | None
         check_method(method)
     size = (images.shape[-1], images.shape[-2])
     parts = list(dict.fromkeys(part for layer in layers for part in split_layers(layer)))
-    reference = last_spatial_layer(net, images) if any(m in ORIENTED for m in methods) else None
+    if not any(m in ORIENTED for m in methods):
+        reference = None
+    elif reference is None:
+        reference = last_spatial_layer(net, images)
     sums: dict[tuple[str, str], list[np.ndarray]] = {(m, layer): [] for m in methods for layer in layers}
     with preserved_state(net), torch.inference_mode(False), torch.enable_grad(), cam_runtime():
         for param in net.parameters():

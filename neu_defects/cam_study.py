@@ -107,7 +107,8 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
     dataset, masks = _test_set(cfg, model, ckpt_path)
     net, spec, names = model.net, model.input_spec, model.class_names
     layers = _layers(net, spec, study.layers)
-    resolution = dict(trace_feature_maps(net, spec["in_chans"], spec["image_size"]))
+    feature_maps = trace_feature_maps(net, spec["in_chans"], spec["image_size"])
+    resolution, last_layer = dict(feature_maps), feature_maps[-1][0]
     name = study.name or ckpt_path.resolve().parent.parent.name
     log.info("CAM study of %s (%s) on %d %s images: %s x %s x %s", name, type(net).__name__, len(dataset),
              study.split, methods, layers, smoothing)
@@ -122,7 +123,7 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
         for first in range(0, len(dataset), study.batch_size):
             items = [dataset[i] for i in range(first, min(first + study.batch_size, len(dataset)))]
             x, y = torch.stack([item[0] for item in items]), [int(item[1]) for item in items]
-            grid, logits = cam_grid(net, x, y, layers, setting_methods, aug, eigen)
+            grid, logits = cam_grid(net, x, y, layers, setting_methods, aug, eigen, reference=last_layer)
             correct += int((logits.argmax(-1) == torch.tensor(y)).sum())
             for key, maps in grid.items():
                 for j, label in enumerate(y):
