@@ -7,16 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from neu_defects.checkpoint import load_module
+from neu_defects.core.checkpoint import load_module
+from neu_defects.core.errors import UserError
 from neu_defects.data.oneclass import OneClassDataModule
-from neu_defects.errors import UserError
-from neu_defects.eval import evaluate
-from neu_defects.models.anomaly import binary_metrics, f1_threshold, fallback_threshold
+from neu_defects.models.metrics import anomaly_metrics, f1_threshold, fallback_threshold, threshold_metrics
 from neu_defects.models.nets.autoencoder import ConvAutoencoder, FeatureAutoencoder, ssim_map
 from neu_defects.models.nets.feature_gaussian import FeatureGaussian
 from neu_defects.models.nets.features import FrozenFeatures
-from neu_defects.train import train
+from neu_defects.workflows.evaluate import evaluate
+from neu_defects.workflows.train import train
 
 from .conftest import compose_cfg
 
@@ -47,13 +48,27 @@ def test_bad_normal_classes(fixture_root, normal, expected):
 
 
 def test_f1_threshold_separates_and_fallback_is_explicit():
-    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
-    targets = np.array([0, 0, 0, 1, 1])
-    t = f1_threshold(scores, targets)
-    assert 0.3 < t <= 0.8
-    assert binary_metrics(scores, targets, t)["f1"] == pytest.approx(1.0)
-    normals = np.linspace(0, 1, 101)
-    assert fallback_threshold(normals, np.zeros(101, dtype=int)) == pytest.approx(0.99)
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.8, 0.9])
+    targets = torch.tensor([0, 0, 0, 1, 1])
+    metrics = anomaly_metrics()
+    metrics.update(scores, targets)
+    t = f1_threshold(*metrics.compute()["pr_curve"])
+    assert 0.3 < t <= float(scores[3])  # the lowest anomaly score, in the scores' float32
+    assert threshold_metrics(scores, targets, t) == pytest.approx({"f1": 1.0, "precision": 1.0, "recall": 1.0})
+    assert threshold_metrics(scores, targets, 0.85) == pytest.approx({"f1": 2 / 3, "precision": 1.0, "recall": 0.5})
+    normals = torch.linspace(0, 1, 101)
+    assert fallback_threshold(normals, torch.zeros(101, dtype=torch.long)) == pytest.approx(0.99)
+
+
+def test_anomaly_metrics_rank_raw_scores_without_squashing_them():
+    # Mahalanobis-sized scores: torchmetrics' default sigmoid would tie them all at 1.0 (AUROC 0.5).
+    scores = torch.tensor([50.0, 52.0, 61.0, 70.0, 80.0, 90.0])
+    targets = torch.tensor([0, 0, 1, 0, 1, 1])
+    values = anomaly_metrics()(scores, targets)
+    assert float(values["image_auroc"]) == pytest.approx(roc_auc_score(targets, scores))
+    assert float(values["image_aupr"]) == pytest.approx(average_precision_score(targets, scores))
+    precision, recall, thresholds = values["pr_curve"]
+    assert f1_threshold(precision, recall, thresholds) == pytest.approx(61.0)
 
 
 def test_conv_autoencoder_modes_and_ssim():

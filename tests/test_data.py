@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from neu_defects.core.errors import UserError
 from neu_defects.data import NEU_CLASSES, NEUDataModule, build_index
 from neu_defects.data.io import decode_image
 from neu_defects.data.splits import assign_splits, parse_split, read_split_csv, write_split_csv
 from neu_defects.data.transforms import build_transform
-from neu_defects.errors import UserError
 
 from .conftest import FIXTURE_CLASSES, PER_CLASS, toy_labels
 

@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-from neu_defects.errors import UserError
-from neu_defects.eval import evaluate
-from neu_defects.train import train
+from neu_defects.core.errors import UserError
+from neu_defects.workflows.evaluate import evaluate
+from neu_defects.workflows.train import train
 
 from .conftest import REPO, compose_cfg
 
-FAST = ["trainer.max_epochs=1", "callbacks.progress_bar=null", "model.net.widths=[8,16]", "data.image_size=32"]
+FAST = ["trainer.max_epochs=1", "callbacks.progress_bar=null", "model.net.widths=[8,16]", "model.image_size=32"]
 
 
 def run_cli(module, *overrides, cwd=REPO):

@@ -13,18 +13,18 @@ import onnx
 import pytest
 from PIL import Image
 
+from neu_defects.core.errors import UserError
 from neu_defects.data import NEU_CLASSES
-from neu_defects.errors import UserError
-from neu_defects.eval import evaluate
-from neu_defects.export import export
-from neu_defects.inference import OnnxBackend
-from neu_defects.predict import predict
-from neu_defects.train import train
+from neu_defects.deploy.backends import OnnxBackend
+from neu_defects.workflows.evaluate import evaluate
+from neu_defects.workflows.export import export
+from neu_defects.workflows.predict import predict
+from neu_defects.workflows.train import train
 
 from .conftest import REPO, compose_cfg
 
 pytestmark = pytest.mark.real_data
-TINY = ["model.net.widths=[8,16,32]", "data.image_size=32", "trainer.max_epochs=2", "callbacks.progress_bar=null",
+TINY = ["model.net.widths=[8,16,32]", "model.image_size=32", "trainer.max_epochs=2", "callbacks.progress_bar=null",
         "callbacks.gradcam=null"]
 
 
@@ -57,7 +57,7 @@ def test_export_matches_pytorch_on_real_test_images(exported):
 
 
 def test_onnx_metadata_records_preprocessing_and_classes(exported, trained):
-    from neu_defects.checkpoint import load_module
+    from neu_defects.core.checkpoint import load_module
 
     out_dir, _ = exported
     model = onnx.load(out_dir / "model.onnx")

@@ -15,20 +15,19 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-from neu_defects.cam import (
+from neu_defects.core.errors import UserError
+from neu_defects.models.nets import BackboneClassifier, DefectCNN
+from neu_defects.saliency.cam import (
     METHODS,
     ORIENTED,
     CAMExplainer,
     CAMSetting,
     cam_grid,
-    candidate_layers,
     raw_gradcam,
-    resolve_layer,
-    resolve_setting,
     thin_2d_projection,
 )
-from neu_defects.errors import UserError
-from neu_defects.models.nets import BackboneClassifier, DefectCNN
+from neu_defects.saliency.layers import candidate_layers, resolve_layer
+from neu_defects.saliency.settings import resolve_setting
 
 from .conftest import compose_cfg
 
@@ -127,7 +126,7 @@ def test_target_layers_for_the_cnn_and_a_timm_backbone():
     cnn = small_cnn()
     assert candidate_layers(cnn, 1, 32) == ["features.2", "features.1", "features.0"]
     assert resolve_layer(cnn, "net.features.1", 1, 32) == "features.1"
-    assert resolve_layer(cnn, "auto", 1, 32) in candidate_layers(cnn, 1, 32)
+    assert resolve_setting(cnn, 1, 32).layer in candidate_layers(cnn, 1, 32)
     with pytest.raises(UserError, match="features.2"):
         resolve_layer(cnn, "features.9", 1, 32)
 
@@ -148,7 +147,7 @@ def test_target_layers_for_the_cnn_and_a_timm_backbone():
 
 
 def train_run(tmp_path, overrides):
-    from neu_defects.train import train
+    from neu_defects.workflows.train import train
 
     run_dir = tmp_path / "run"
     cfg = compose_cfg("train", ["experiment=seed000_cnn", "trainer.max_epochs=1", "callbacks.progress_bar=null",
@@ -186,7 +185,7 @@ def test_callback_writes_grids_metrics_and_tensorboard_images(real_run):
 
 @pytest.mark.real_data
 def test_explain_any_image_files_and_lists_unreadable_ones(real_run, neu_root, tmp_path):
-    from neu_defects.explain import explain
+    from neu_defects.workflows.explain import explain
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -210,7 +209,7 @@ def test_explain_any_image_files_and_lists_unreadable_ones(real_run, neu_root, t
 def test_localisation_study_scores_methods_and_fused_layers(real_run, tmp_path):
     import csv
 
-    from neu_defects.cam_study import run_study
+    from neu_defects.workflows.cam_study import run_study
 
     run_dir, _ = real_run
     out = tmp_path / "study"

@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from neu_defects.data import build_index
-from neu_defects.localisation import (
+from neu_defects.saliency.localisation import (
     LocalisationTally,
     box_mask,
     energy_in_box,

@@ -12,16 +12,17 @@ import time
 import pytest
 import torch
 
-from neu_defects.checkpoint import AtomicCheckpointIO, read_checkpoint
-from neu_defects.errors import UserError
-from neu_defects.eval import evaluate
-from neu_defects.train import build_trainer, train
+from neu_defects.core.checkpoint import AtomicCheckpointIO, read_checkpoint
+from neu_defects.core.errors import UserError
+from neu_defects.workflows.builders import build_trainer
+from neu_defects.workflows.evaluate import evaluate
+from neu_defects.workflows.train import train
 
 from .conftest import REPO, compose_cfg
 
 # Small enough to run in seconds on NEU-DET, noisy enough (dropout, augmentation) that any lost
 # generator or sampler state would change the numbers.
-SHORT = ["model.net.widths=[8,16,32]", "data.image_size=32", "trainer.max_epochs=3", "trainer.deterministic=true",
+SHORT = ["model.net.widths=[8,16,32]", "model.image_size=32", "trainer.max_epochs=3", "trainer.deterministic=true",
          "callbacks.progress_bar=null", "callbacks.gradcam=null"]
 
 
@@ -85,7 +86,7 @@ def test_run_killed_mid_training_resumes_bit_identical(neu_root, reference, tmp_
 def test_ddp_on_two_cpu_processes_syncs_metrics_over_the_whole_test_split(neu_root, tmp_path):
     run_dir = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "neu_defects.train", "trainer=ddp", f"data.root={neu_root}",
-                             "model.net.widths=[8,16]", "data.image_size=32", "trainer.max_epochs=1",
+                             "model.net.widths=[8,16]", "model.image_size=32", "trainer.max_epochs=1",
                              "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from neu_defects.errors import UserError
-from neu_defects.report import main, write_summary
+from neu_defects.core.errors import UserError
+from neu_defects.report import main
+from neu_defects.reporting.sweep import write_summary
 
 
 def make_job(sweep, num, overrides, metrics=None, error=None, optimized_metric="val/acc"):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from neu_defects.core.errors import UserError
 from neu_defects.data import build_index
 from neu_defects.data.cache import load_images
 from neu_defects.data.corruptions import SEVERITIES, Corruption, build_corruption, measured_snr_db
@@ -22,8 +23,7 @@ from neu_defects.data.dataset import ArrayDataset, EpochShuffleSampler
 from neu_defects.data.io import decode_image
 from neu_defects.data.splits import assign_splits, limit_per_class
 from neu_defects.data.transforms import CameraNoise, build_transform
-from neu_defects.errors import UserError
-from neu_defects.studies import write_study
+from neu_defects.reporting.studies import write_study
 
 from .conftest import FIXTURE_CLASSES, REPO, toy_labels
 
@@ -161,8 +161,8 @@ def test_study_tables_and_figures(tmp_path):
 def test_cv5_and_robustness_multiruns_write_their_studies(fixture_root, tmp_path):
     root = fixture_root / "neu-det"
     cv_dir, rob_dir = tmp_path / "cv", tmp_path / "rob"
-    cmd = [sys.executable, "-m", "neu_defects.train", "experiment=cv5", f"data.root={root}", "trainer.max_epochs=1",
-           "model.net.widths=[8,16]", "data.image_size=32", "logger.tensorboard=null", f"hydra.sweep.dir={cv_dir}",
+    cmd = [sys.executable, "-m", "neu_defects.train", "study=cv5", f"data.root={root}", "trainer.max_epochs=1",
+           "model.net.widths=[8,16]", "model.image_size=32", "logger.tensorboard=null", f"hydra.sweep.dir={cv_dir}",
            *QUIET]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -171,7 +171,7 @@ def test_cv5_and_robustness_multiruns_write_their_studies(fixture_root, tmp_path
     cm = np.loadtxt(cv_dir / "study_confusion.csv", delimiter=",", skiprows=1, usecols=range(1, 7))
     assert cm.sum() == 10 * len(FIXTURE_CLASSES) + 1  # every file, the duplicate patches_99 too, tested once
 
-    cmd = [sys.executable, "-m", "neu_defects.eval", "experiment=robustness", f"data.root={root}",
+    cmd = [sys.executable, "-m", "neu_defects.eval", "study=robustness", f"data.root={root}",
            f"ckpt_path={cv_dir / '0' / 'checkpoints' / 'best.ckpt'}", "corruption=none,gaussian_noise,jpeg",
            "severity=1,5", f"hydra.sweep.dir={rob_dir}", *QUIET]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -200,6 +200,7 @@ def neu_split_inputs(neu_root):
     return index, np.array([s.label for s in index.samples]), hashes
 
 
+@pytest.mark.real_data
 def test_snr_of_corrupted_neu_images_matches_the_request(neu_root):
     index = build_index(neu_root)
     for sample in index.samples[::300]:
@@ -212,6 +213,7 @@ def test_snr_of_corrupted_neu_images_matches_the_request(neu_root):
             assert abs(measured_snr_db(clean, noisy) - snr) < tolerance, (sample.path, snr)
 
 
+@pytest.mark.real_data
 def test_k_per_class_and_folds_on_the_real_split(neu_split_inputs):
     index, labels, hashes = neu_split_inputs
     base = assign_splits(labels, hashes, split="70_15_15", seed=0)

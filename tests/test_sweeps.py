@@ -10,15 +10,15 @@ import sys
 import pytest
 import yaml
 
-from neu_defects.cli import run_task
-from neu_defects.errors import Interrupted
-from neu_defects.reports import read_metrics_csv
+from neu_defects.core.cli import run_task
+from neu_defects.core.errors import Interrupted
+from neu_defects.reporting.classification import read_metrics_csv
 
 from .conftest import REPO
 
 # Two-job sweeps must stay fast: a tiny CNN, 32 px, one epoch, no CAM.
 TINY = ["trainer.max_epochs=1", "callbacks.progress_bar=null", "callbacks.gradcam=null", "model.net.widths=[8,16]",
-        "data.image_size=32", "data.split=80_20"]
+        "model.image_size=32", "data.split=80_20"]
 
 
 def multirun(sweep_dir, data_root, *overrides):

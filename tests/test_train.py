@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from neu_defects.data import NEU_CLASSES
-from neu_defects.eval import evaluate
-from neu_defects.train import train
+from neu_defects.workflows.evaluate import evaluate
+from neu_defects.workflows.train import train
 
 from .conftest import FIXTURE_CLASSES, REPO, compose_cfg
 
-FAST = ["trainer.max_epochs=2", "callbacks.progress_bar=null", "model.net.widths=[8,16]", "data.image_size=32"]
+FAST = ["trainer.max_epochs=2", "callbacks.progress_bar=null", "model.net.widths=[8,16]", "model.image_size=32"]
 
 
 def expected_keys(class_names, boxes=False):
@@ -51,7 +51,7 @@ def test_a_run_writes_every_output(fixture_run):
 
 
 def test_checkpoint_records_how_to_rebuild_the_model(fixture_run):
-    from neu_defects.checkpoint import load_module
+    from neu_defects.core.checkpoint import load_module
 
     run_dir, _, objects = fixture_run
     module = load_module(run_dir / "checkpoints" / "best.ckpt")

@@ -21,12 +21,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from neu_defects.checkpoint import RECORD, load_module, read_checkpoint
-from neu_defects.errors import UserError
+from neu_defects.core.checkpoint import RECORD, load_module, read_checkpoint
+from neu_defects.core.errors import UserError
 from neu_defects.models.nets import BackboneClassifier
 from neu_defects.models.transfer import TransferModule
 from neu_defects.models.weights import build_backbone
-from neu_defects.train import build_model, train
+from neu_defects.workflows.builders import build_model
+from neu_defects.workflows.train import train
 
 from .conftest import REPO, compose_cfg
 
@@ -213,7 +214,7 @@ def test_a_random_backbone_trains_whole_at_one_rate():
 def test_from_scratch_recipe_follows_model_pretrained(tmp_path, overrides, recipe):
     """Pretrained: the weights' 224 px, a head's rate, 20 epochs; from scratch: 96 px, a higher rate, 40 epochs."""
     cfg = compose_cfg("train", overrides, tmp_path)
-    assert cfg.model.image_size == cfg.data.image_size
+    assert "image_size" not in cfg.data  # one source: the data module serves what the model asks for
     assert (cfg.model.image_size, cfg.model.optimizer.lr, cfg.trainer.max_epochs) == recipe
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from neu_defects.errors import UserError
+from neu_defects.core.errors import UserError
 
 # Parameter of each corruption at severities 1..5.
 SEVERITIES: dict[str, tuple[float, ...]] = {
@@ -79,10 +79,6 @@ def _jpeg(gray: np.ndarray, quality: float) -> np.ndarray:
     buffer.seek(0)
     with Image.open(buffer) as image:
         return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
-def corruption_names() -> list[str]:
-    return list(SEVERITIES)
 
 
 class Corruption:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from neu_defects.errors import UserError
+from neu_defects.core.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 
@@ -51,3 +52,22 @@ def resize(array: np.ndarray, size: int) -> np.ndarray:
     image = Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode)
     out = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     return out[..., None] if out.ndim == 2 else out
+
+
+def find_images(spec: str) -> list[Path]:
+    """The files a user names: an image file (any extension), a folder (its image files,
+    recursively) or a glob pattern (every file it matches), sorted."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    elif glob.has_magic(spec):
+        files = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+    else:
+        raise UserError(f"input={spec} is not a file, a folder or a glob pattern: pass an image, a folder of "
+                        "images or a quoted pattern such as 'shots/*.png'")
+    if not files:
+        raise UserError(f"input={spec} matches no files (a folder is searched for "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return sorted(files)

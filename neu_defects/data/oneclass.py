@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from neu_defects.core.errors import UserError
 from neu_defects.data.datamodule import NEUDataModule
-from neu_defects.errors import UserError
 
 
 class OneClassDataModule(NEUDataModule):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from neu_defects.core.errors import UserError
+from neu_defects.core.io import atomic_write
 from neu_defects.data.index import DatasetIndex
-from neu_defects.errors import UserError
-from neu_defects.io_utils import atomic_write
 
 SPLITS = ("train", "val", "test")
 

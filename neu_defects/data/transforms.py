@@ -14,8 +14,8 @@ import numpy as np
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
+from neu_defects.core.errors import UserError
 from neu_defects.data.corruptions import noise_std
-from neu_defects.errors import UserError
 
 
 class CameraNoise(A.ImageOnlyTransform):

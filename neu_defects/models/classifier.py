@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from neu_defects.metrics import classification_metrics, flatten
+from neu_defects.models.metrics import classification_metrics, flatten
 from neu_defects.models.optim import with_scheduler
 from neu_defects.models.task import TaskModule
 
 
 class ClassifierModule(TaskModule):
     task = "classifier"
+    main_metric = "test/acc"
 
     def __init__(
         self,
@@ -83,19 +84,9 @@ class ClassifierModule(TaskModule):
     def on_test_epoch_end(self):
         self.log_dict(flatten(self.test_metrics.compute(), "test", self.class_names))
         self.test_metrics.reset()
-        if self.trainer.world_size > 1:
-            self.gather_test_predictions()
-
-    def gather_test_predictions(self) -> None:
-        """Every process's test predictions, in test-loader order, in every process.
-
-        Each process tested every world_size-th sample (Lightning's unshuffled DistributedSampler,
-        padded to equal shares): interleave the gathered shares back and drop the padding.
-        """
         size = len(self.trainer.test_dataloaders.dataset)
-        probs, targets = (self.all_gather(torch.cat(t)).transpose(0, 1).flatten(0, 1)[:size].cpu()
-                          for t in (self.test_probs, self.test_targets))
-        self.test_probs, self.test_targets = [probs], [targets]
+        self.test_probs, self.test_targets = ([self.gather_in_loader_order(t, size)]
+                                              for t in (self.test_probs, self.test_targets))
 
     def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, targets) of the last test run over the whole test set, in test-loader order."""

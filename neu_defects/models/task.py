@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning import LightningModule
 
-from neu_defects.checkpoint import RECORD
+from neu_defects.core.checkpoint import RECORD
 
 
 class TaskModule(LightningModule):
     task = ""
+    # The test metric that a run's closing line and a sweep's figure lead with.
+    main_metric = ""
 
     @property
     def input_spec(self) -> dict[str, Any]:
@@ -26,3 +29,14 @@ class TaskModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RECORD] = {"task": self.task, "config": self.build_config,
                               "class_names": self.class_names, "input_spec": self.input_spec}
+
+    def gather_in_loader_order(self, chunks: list[torch.Tensor], size: int) -> torch.Tensor:
+        """Per-batch outputs of an eval loop over ``size`` items, from every process, in loader order.
+
+        Each process ran every world_size-th item (Lightning's unshuffled DistributedSampler, padded
+        to equal shares): the gathered shares are interleaved back and the padding dropped.
+        """
+        local = torch.cat(chunks)
+        if self.trainer.world_size == 1:
+            return local
+        return self.all_gather(local).transpose(0, 1).flatten(0, 1)[:size].cpu()

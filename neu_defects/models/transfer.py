@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from neu_defects.checkpoint import RECORD
+from neu_defects.core.checkpoint import RECORD
+from neu_defects.core.errors import UserError
 from neu_defects.data.dataset import epoch_passes
-from neu_defects.errors import UserError
 from neu_defects.models.classifier import ClassifierModule
 from neu_defects.models.nets import BackboneClassifier
 

@@ -19,8 +19,8 @@ import torch
 from timm.models import adapt_input_conv, load_state_dict
 from torch import nn
 
-from neu_defects.checkpoint import check_state_dict, read_checkpoint
-from neu_defects.errors import UserError
+from neu_defects.core.checkpoint import check_state_dict, read_checkpoint
+from neu_defects.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

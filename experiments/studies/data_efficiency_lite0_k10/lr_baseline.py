@@ -14,7 +14,7 @@ import numpy as np
 def embed(ckpt, out):
     import torch
 
-    from neu_defects.checkpoint import load_module
+    from neu_defects.core.checkpoint import load_module
     from neu_defects.data import build_index
     from neu_defects.data.cache import load_images
     from neu_defects.data.transforms import build_transform

@@ -17,38 +17,32 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
 
+from neu_defects.models.nets.base import AnomalyNet, channel_stats
 from neu_defects.models.nets.features import FrozenFeatures
 
 SCORES = ("mse", "l1", "ssim")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur a (N, C, H, W) map with a Gaussian of ``sigma`` pixels, cut at 3 sigma, edges reflected."""
     if sigma <= 0:
         return x
-    radius = max(1, int(round(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    radius = max(1, round(3 * sigma))
+    return TF.gaussian_blur(x, [2 * radius + 1] * 2, [sigma] * 2)
 
 
-def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5, c1: float = 0.01**2, c2: float = 0.03**2):
+def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     """Per-pixel structural similarity of images in [0, 1] (Wang et al. 2004), averaged over channels."""
-    mu_a, mu_b = gaussian_blur(a, sigma), gaussian_blur(b, sigma)
-    var_a = gaussian_blur(a * a, sigma) - mu_a**2
-    var_b = gaussian_blur(b * b, sigma) - mu_b**2
-    cov = gaussian_blur(a * b, sigma) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.mean(dim=1, keepdim=True)
+    _, full = structural_similarity_index_measure(a, b, gaussian_kernel=True, sigma=sigma, data_range=1.0,
+                                                  reduction="none", return_full_image=True)
+    return full.mean(dim=1, keepdim=True)
 
 
-class ConvAutoencoder(nn.Module):
-    trainable = True
-
+class ConvAutoencoder(AnomalyNet):
     def __init__(self, in_chans: int = 1, image_size: int = 64, widths: Sequence[int] = (32, 64, 128),
                  latent_dim: int = 128, score: str = "mse", map_sigma: float = 2.0, noise_std: float = 0.0,
                  mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
@@ -56,7 +50,7 @@ class ConvAutoencoder(nn.Module):
         if score not in SCORES:
             raise ValueError(f"score={score!r}: use one of {SCORES}")
         self.in_chans, self.score, self.map_sigma, self.noise_std = in_chans, score, map_sigma, noise_std
-        self.mean, self.std = tuple(mean) * (in_chans // len(mean)), tuple(std) * (in_chans // len(std))
+        self.mean, self.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
         enc, c = [], in_chans
         for w in widths:
             enc += [nn.Conv2d(c, w, 4, stride=2, padding=1), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, inplace=True)]
@@ -81,18 +75,15 @@ class ConvAutoencoder(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.from_latent(self.encode(x)).view(-1, *self.bottleneck_shape))
 
-    def _unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Undo the input normalisation: errors and SSIM are defined on [0, 1] intensities."""
-        mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
-        std = x.new_tensor(self.std).view(1, -1, 1, 1)
-        return x * std + mean
+    def reconstruction(self, x: torch.Tensor) -> torch.Tensor:
+        return self.denormalize(self.reconstruct(x)).clamp(0, 1)
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         noisy = x + self.noise_std * torch.randn_like(x) if self.noise_std > 0 else x
         return F.mse_loss(self.reconstruct(noisy), x)
 
     def anomaly_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        a, b = self._unit(x), self._unit(recon)
+        a, b = self.denormalize(x), self.denormalize(recon)
         if self.score == "ssim":
             amap = 1 - ssim_map(a, b)
         elif self.score == "l1":
@@ -109,15 +100,12 @@ class ConvAutoencoder(nn.Module):
         return amap.flatten(1).mean(dim=1), amap
 
 
-class FeatureAutoencoder(nn.Module):
-    trainable = True
-
+class FeatureAutoencoder(AnomalyNet):
     def __init__(self, features: FrozenFeatures, hidden: int = 128, bottleneck: int = 32,
                  score_quantile: float = 0.99, map_sigma: float = 4.0, normalize_error: bool = True):
         super().__init__()
         self.features = features
-        self.in_chans = 3
-        self.mean, self.std = tuple(features.data_config["mean"]), tuple(features.data_config["std"])
+        self.in_chans, self.mean, self.std = features.in_chans, features.mean, features.std
         c = features.num_channels
         # Per-channel standardisation of the target features, learned from normal images only.
         self.norm = nn.BatchNorm2d(c, affine=False)

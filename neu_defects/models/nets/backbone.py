@@ -9,7 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from neu_defects.errors import UserError
+from neu_defects.core.errors import UserError
+from neu_defects.models.nets.base import channel_stats
 from neu_defects.models.weights import build_backbone
 
 
@@ -51,12 +52,7 @@ class BackboneClassifier(nn.Module):
         self.backbone = build_backbone(backbone, pretrained, weights, in_chans, pretrained_cfg_overlay)
         self.in_chans, self.num_classes = in_chans, num_classes
         data_config = timm.data.resolve_model_data_config(self.backbone)
-        mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
-        if in_chans != len(mean):
-            # One gray channel takes the average normalisation: exact for folded filters when the
-            # channels share it (EfficientNet-Lite: 0.5 / 0.5), close for ImageNet's mean and std.
-            mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-        self.mean, self.std = mean, std
+        self.mean, self.std = channel_stats(data_config["mean"], in_chans), channel_stats(data_config["std"], in_chans)
         self.feature_stages = check_stages(self.backbone, backbone, feature_stages)
         width = self.backbone.num_features + sum(self.backbone.feature_info[i]["num_chs"] for i in self.feature_stages)
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(width, num_classes))

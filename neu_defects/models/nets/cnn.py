@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from neu_defects.models.nets.base import channel_stats
+
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -32,7 +34,7 @@ class DefectCNN(nn.Module):
         super().__init__()
         self.in_chans, self.num_classes = in_chans, num_classes
         # Normalisation belongs to the net so data pipelines and exports read it from one place.
-        self.mean, self.std = tuple(mean) * (in_chans // len(mean)), tuple(std) * (in_chans // len(std))
+        self.mean, self.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
         stages, c_in = [], in_chans
         for width in widths:
             layers = []

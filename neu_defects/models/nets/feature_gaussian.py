@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
-from torch import nn
 
+from neu_defects.models.nets.base import AnomalyNet
 from neu_defects.models.nets.features import FrozenFeatures
 
 
-class FeatureGaussian(nn.Module):
+class FeatureGaussian(AnomalyNet):
     trainable = False
 
     def __init__(self, features: FrozenFeatures, mode: str = "pooled", max_channels: int = 100, seed: int = 0):
@@ -26,8 +26,7 @@ class FeatureGaussian(nn.Module):
         if mode not in ("pooled", "patch"):
             raise ValueError(f"mode={mode!r}: use 'pooled' or 'patch'")
         self.features, self.mode = features, mode
-        self.in_chans = 3
-        self.mean, self.std = tuple(features.data_config["mean"]), tuple(features.data_config["std"])
+        self.in_chans, self.mean, self.std = features.in_chans, features.mean, features.std
         c = features.num_channels
         # PaDiM's random channel subset keeps per-position covariances small and well conditioned.
         keep = c if mode == "pooled" else min(c, max_channels)

@@ -14,10 +14,12 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neu_defects.models.nets.base import channel_stats
 from neu_defects.models.weights import build_backbone
 
 _CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -33,7 +35,10 @@ class FrozenFeatures(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.num_channels = sum(self.model.feature_info[i]["num_chs"] for i in self.layers)
-        self.data_config = self.model.pretrained_cfg
+        # What the pretrained weights expect, for the anomaly nets that embed with them.
+        self.in_chans = in_chans
+        config = timm.data.resolve_model_data_config(self.model)
+        self.mean, self.std = channel_stats(config["mean"], in_chans), channel_stats(config["std"], in_chans)
         self._cache_tag = (backbone, tuple(self.layers), stride, pretrained, weights, in_chans)
         # Lightning keeps each submodule's own train/eval mode rather than calling .train() on the
         # whole model, so the frozen backbone must start in eval mode itself.

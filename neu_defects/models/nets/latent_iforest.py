@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import torch
 from sklearn.ensemble import IsolationForest
-from torch import nn
 
 from neu_defects.models.nets.autoencoder import ConvAutoencoder
+from neu_defects.models.nets.base import AnomalyNet
 
 
-class LatentIsolationForest(nn.Module):
-    trainable = True
-
+class LatentIsolationForest(AnomalyNet):
     def __init__(self, autoencoder: ConvAutoencoder, n_estimators: int = 200, seed: int = 0):
         super().__init__()
         self.autoencoder = autoencoder

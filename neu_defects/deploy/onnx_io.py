@@ -13,7 +13,6 @@ import io
 import json
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from neu_defects.errors import UserError
-from neu_defects.io_utils import atomic_write_bytes
+from neu_defects.core.errors import UserError
+from neu_defects.core.io import atomic_write_bytes
 
 METADATA_KEY = "neu_defects"
 INPUT, OUTPUT = "image", "logits"
@@ -119,8 +118,3 @@ def read_record(session: ort.InferenceSession, source: str | Path) -> dict[str, 
         raise UserError(f"ONNX model {source} has no '{METADATA_KEY}' metadata, so its preprocessing and classes "
                         "are unknown: export it with python -m neu_defects.export")
     return json.loads(raw)
-
-
-def batches(images: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for i in range(0, len(images), size):
-        yield images[i:i + size]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from neu_defects.reports import save_figure
+from neu_defects.core.figures import save_figure
 
 
 def plot_score_histogram(path, scores: np.ndarray, targets: np.ndarray, threshold: float) -> Path:
@@ -54,17 +54,16 @@ def plot_anomaly_grid(path, module, datamodule, per_group: int = 2) -> Path:
     names = datamodule.index.class_names
     picks = _pick(module.test_scores, module.test_targets, per_group)
     net = module.net.eval()
-    reconstruct = getattr(net, "reconstruct", None)
-    cols = 3 if reconstruct else 2
+    cols = 3 if net.reconstruction(dataset[0][0][None]) is not None else 2
     fig, axes = plt.subplots(len(picks), cols, figsize=(2.4 * cols, 2.4 * len(picks)), squeeze=False)
     for row, (title, i) in enumerate(picks):
         x = dataset[i][0][None]
         score, amap = net(x)
         image = datamodule.index.samples[positions[i]]
         panels = [("input", dataset.images[i][..., 0], "gray")]
-        if reconstruct:
-            recon = net._unit(reconstruct(x))[0, 0].clamp(0, 1).numpy()
-            panels.append(("reconstruction", recon, "gray"))
+        recon = net.reconstruction(x)
+        if recon is not None:
+            panels.append(("reconstruction", recon[0, 0].numpy(), "gray"))
         panels.append(("anomaly map", amap[0, 0].numpy(), "inferno"))
         for col, (name, array, cmap) in enumerate(panels):
             ax = axes[row, col]

@@ -23,15 +23,11 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from neu_defects.cam import CAMExplainer, Tile, check_method, render_tiles, resolve_setting
-from neu_defects.localisation import (
-    LocalisationTally,
-    box_mask,
-    original_size,
-    plot_localisation,
-    scale_boxes,
-    split_positions,
-)
+from neu_defects.saliency.cam import CAMExplainer, check_method
+from neu_defects.saliency.localisation import LocalisationTally, box_mask, original_size, scale_boxes
+from neu_defects.saliency.plots import plot_localisation
+from neu_defects.saliency.render import Tile, render_tiles
+from neu_defects.saliency.settings import resolve_setting
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +180,10 @@ class GradCAMCallback(Callback):
         """Per test-loader position: (boxes in the original frame, original (w, h)), or None without boxes."""
         datamodule = trainer.datamodule
         index = getattr(datamodule, "index", None)
-        if index is None or not index.has_boxes or not hasattr(datamodule, "split_indices"):
+        positions = getattr(datamodule, "dataset_indices", {}).get("test")
+        if index is None or not index.has_boxes or positions is None:
             return None
-        samples = [index.samples[i] for i in split_positions(datamodule, "test")]
+        samples = [index.samples[i] for i in positions]
         return [(s.boxes, original_size(index.abspath(s))) if s.boxes else None for s in samples]
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -18,8 +18,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from neu_defects.errors import UserError
-from neu_defects.io_utils import atomic_write_bytes
+from neu_defects.core.errors import UserError
+from neu_defects.core.io import atomic_write_bytes
 
 RECORD = "neu_defects"
 

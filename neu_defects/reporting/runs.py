@@ -17,13 +17,13 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from neu_defects.checkpoint import load_module
+from neu_defects.core.checkpoint import load_module
+from neu_defects.core.errors import UserError
 from neu_defects.data.index import DatasetIndex
 from neu_defects.data.io import decode_image, resize
 from neu_defects.data.splits import read_split_csv
 from neu_defects.data.transforms import build_transform
-from neu_defects.errors import UserError
-from neu_defects.report import job_status
+from neu_defects.reporting.sweep import job_status
 
 
 @dataclass
@@ -76,13 +76,13 @@ def newest(pattern: str, root: str | Path = ".") -> Path | None:
     return matches[-1] if matches else None
 
 
-def split_positions(run: Run, index: DatasetIndex, split: str = "test") -> np.ndarray:
+def run_split_positions(run: Run, index: DatasetIndex, split: str = "test") -> np.ndarray:
     """Positions into ``index.samples`` of the images the run put in ``split``, in index order."""
     assignment = read_split_csv(run.dir / "split.csv", index)
     return np.array([i for i, name in enumerate(assignment) if name == split], dtype=int)
 
 
-def load_images(index: DatasetIndex, positions, in_chans: int, size: int) -> np.ndarray:
+def read_images(index: DatasetIndex, positions, in_chans: int, size: int) -> np.ndarray:
     """(N, size, size, in_chans) uint8 images of the given index positions."""
     return np.stack([resize(decode_image(index.abspath(index.samples[i]), in_chans), size) for i in positions])
 
@@ -108,9 +108,9 @@ def predict(module, images: np.ndarray, batch_size: int = 64) -> Any:
 def split_predictions(run: Run, index: DatasetIndex, split: str = "test") -> dict[str, Any]:
     """The run's best checkpoint on its own split: module, positions, images and predictions."""
     module = load_module(run.checkpoint)
-    positions = split_positions(run, index, split)
+    positions = run_split_positions(run, index, split)
     spec = module.input_spec
-    images = load_images(index, positions, spec["in_chans"], spec["image_size"])
+    images = read_images(index, positions, spec["in_chans"], spec["image_size"])
     labels = np.array([index.samples[i].label for i in positions])
     return {"module": module, "positions": positions, "images": images, "labels": labels,
             "predictions": predict(module, images)}

@@ -6,25 +6,13 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
-
-from neu_defects.io_utils import atomic_write, write_text  # noqa: E402
-
-
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from neu_defects.core.figures import save_figure
+from neu_defects.core.io import atomic_write, write_text
 
 
 def text_report(probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> str:
@@ -59,10 +47,6 @@ def read_confusion_csv(path) -> tuple[np.ndarray, list[str]]:
     with Path(path).open(newline="") as handle:
         rows = list(csv.reader(handle))
     return np.array([[int(v) for v in row[1:]] for row in rows[1:]], dtype=np.int64), rows[0][1:]
-
-
-def plot_confusion_matrix(path, probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> Path:
-    return plot_confusion_counts(path, confusion_counts(probs, targets, len(class_names)), class_names)
 
 
 def plot_confusion_counts(path, cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:

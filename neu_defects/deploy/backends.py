@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from neu_defects.checkpoint import load_module
+from neu_defects.core.checkpoint import load_module
+from neu_defects.core.errors import UserError
 from neu_defects.data.io import decode_image, resize
 from neu_defects.data.transforms import build_transform
-from neu_defects.errors import UserError
 
 BACKENDS = ("torch", "onnx")
 
@@ -51,7 +51,7 @@ class OnnxBackend:
 
     def __init__(self, model, source: str | Path, threads: int = 0):
         # Imported here: the torch backend runs without the [export] extra installed.
-        from neu_defects.onnx_io import INPUT, ort_session, read_record
+        from neu_defects.deploy.onnx_io import INPUT, ort_session, read_record
 
         self.session, self.input_name = ort_session(model, threads), INPUT
         record = read_record(self.session, source)
@@ -76,7 +76,7 @@ def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend |
         return OnnxBackend(path, path)
     module = load_module(path, task="classifier")
     if backend == "onnx":
-        from neu_defects.onnx_io import to_onnx
+        from neu_defects.deploy.onnx_io import to_onnx
 
         return OnnxBackend(to_onnx(module), path)
     return TorchBackend(module)
@@ -85,3 +85,21 @@ def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend |
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def split_arrays(datamodule, name: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A split's (unaugmented) model inputs (N, C, H, W) float32 and labels, in loader order."""
+    dataset = datamodule.datasets[name]
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count == 0:
+        raise UserError(f"the {name} split is empty: export needs real {name} images; check data.split")
+    items = [dataset[i] for i in range(count)]
+    return np.stack([x.numpy() for x, _ in items]), np.array([y for _, y in items])
+
+
+def predict_logits(backend, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return np.concatenate([backend.logits(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def accuracy(backend, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((predict_logits(backend, images).argmax(1) == labels).mean())

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from neu_defects.errors import UserError
+from neu_defects.core.errors import UserError
 
 Box = tuple[float, float, float, float]
 SCORES = ("pointing_game", "energy_in_box", "iou")
@@ -29,12 +29,6 @@ def original_size(path: str | Path) -> tuple[int, int]:
             return image.size
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"cannot read the size of image {path} ({err}): replace or remove the file") from err
-
-
-def split_positions(datamodule, split: str) -> list[int]:
-    """Index positions (into ``datamodule.index.samples``) of a split's dataset items, in loader order."""
-    positions = getattr(datamodule, "dataset_indices", {}).get(split)
-    return list(datamodule.split_indices(split) if positions is None else positions)
 
 
 def scale_boxes(boxes: Sequence[Box], original: tuple[int, int], size: tuple[int, int]) -> list[Box]:
@@ -119,32 +113,3 @@ class LocalisationTally:
                 if (labels == k).any():
                     out[f"{prefix}_{key}/{name}"] = float(values[labels == k].mean())
         return out
-
-
-def plot_localisation(path: str | Path, summary: dict[str, float], class_names: Sequence[str], title: str,
-                      prefix: str = "cam") -> Path:
-    """Grouped bars per class (and overall) for each score, with the chance level marked."""
-    import matplotlib.pyplot as plt
-
-    from neu_defects.reports import save_figure
-
-    groups = ["overall", *[c for c in class_names if f"{prefix}_chance/{c}" in summary]]
-
-    def value(key: str, group: str) -> float:
-        return summary[f"{prefix}_{key}" if group == "overall" else f"{prefix}_{key}/{group}"]
-
-    fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 4.2))
-    x = np.arange(len(groups))
-    width = 0.26
-    for i, key in enumerate(SCORES):
-        ax.bar(x + (i - 1) * width, [value(key, g) for g in groups], width, label=key.replace("_", " "))
-    for j, group in enumerate(groups):
-        ax.hlines(value("chance", group), j - 1.5 * width, j + 1.5 * width, colors="k", linestyles="--",
-                  label="chance (box coverage)" if j == 0 else None)
-    ax.set_xticks(x, groups, rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper right", ncols=2)
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)

@@ -18,8 +18,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from neu_defects.errors import Interrupted, UserError
-from neu_defects.io_utils import write_text
+from neu_defects.core.errors import Interrupted, UserError
+from neu_defects.core.io import write_text
 
 log = logging.getLogger("neu_defects")
 
@@ -90,9 +90,10 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return None
 
 
-def headline(metrics: dict[str, float]) -> str:
-    """The first two metrics of a run, for its closing log line."""
-    return ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:2])
+def headline(metrics: dict[str, float], main: str) -> str:
+    """A run's closing figures: its task's main metric first, then the other overall test metrics."""
+    overall = [k for k in metrics if k.startswith("test/") and k.count("/") == 1 and k != main]
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in [main, *overall][:4] if k in metrics)
 
 
 def instantiate_dict(cfg: DictConfig | None, **kwargs) -> list[Any]:

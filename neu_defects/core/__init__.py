@@ -1,0 +1,1 @@
+"""What every other part builds on: user errors, whole-file writes, checkpoint IO, the CLI runtime."""
