@@ -122,6 +122,7 @@ def test_feature_gaussian_scores_outliers_higher_and_round_trips():
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_feature_gaussian_one_vs_rest_on_real_neu(neu_root, tmp_path):
     """Pretrained-feature Gaussian, pitted_surface normal: measured 0.99+; the floor is 0.95."""
     run_dir = tmp_path / "fg"

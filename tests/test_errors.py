@@ -23,6 +23,7 @@ def run_cli(module, *overrides, cwd=REPO):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_missing_root_is_one_line_and_exit_2(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("neu_defects.train", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={run_dir}")
@@ -34,6 +35,7 @@ def test_missing_root_is_one_line_and_exit_2(tmp_path):
     assert not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_unknown_model_names_the_value_and_the_choices(tmp_path):
     result = run_cli("neu_defects.train", "model=nosuchnet", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0

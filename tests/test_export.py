@@ -23,7 +23,8 @@ from neu_defects.workflows.train import train
 
 from .conftest import REPO, compose_cfg
 
-pytestmark = pytest.mark.real_data
+# Every test here uses a CNN trained on NEU by the module's fixture.
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 TINY = ["model.net.widths=[8,16,32]", "model.image_size=32", "trainer.max_epochs=2", "callbacks.progress_bar=null",
         "callbacks.gradcam=null"]
 

@@ -184,6 +184,7 @@ def test_callback_writes_grids_metrics_and_tensorboard_images(real_run):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_explain_any_image_files_and_lists_unreadable_ones(real_run, neu_root, tmp_path):
     from neu_defects.workflows.explain import explain
 
@@ -206,6 +207,7 @@ def test_explain_any_image_files_and_lists_unreadable_ones(real_run, neu_root, t
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_localisation_study_scores_methods_and_fused_layers(real_run, tmp_path):
     import csv
 

@@ -42,6 +42,7 @@ def reference(neu_root, tmp_path_factory):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(neu_root, reference, tmp_path):
     metrics, _ = train(compose_cfg("train", [f"data.root={neu_root}", *SHORT], tmp_path))
     assert run_metrics(metrics) == run_metrics(reference[1])
@@ -143,6 +144,7 @@ def test_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "foreign"])
+@pytest.mark.slow
 def test_bad_checkpoint_is_one_line_on_resume_and_predict(fixture_root, tmp_path, kind):
     path = tmp_path / f"{kind}.ckpt"
     if kind == "truncated":

@@ -53,6 +53,7 @@ def assert_complete_jobs(sweep_dir, count):
         assert (sweep_dir / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(fixture_root, tmp_path):
     """The basic launcher stops at the first exception: the job must record its error instead."""
     sweep = tmp_path / "sweep"
@@ -67,6 +68,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(fixture_root, tmp_path):
     assert "| '70_20' | 0/1 |" in grouped and "| '80_20' | 1/1 |" in grouped
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(fixture_root, tmp_path):
     sweep = tmp_path / "joblib"
     result = multirun(sweep, fixture_root / "neu-cls", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
@@ -74,6 +76,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(fixture_root, tmp_path)
     assert_complete_jobs(sweep, 2)
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher(fixture_root, tmp_path):
     sweep = tmp_path / "submitit"
     multirun(sweep, fixture_root / "neu-cls", "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
@@ -81,6 +84,7 @@ def test_submitit_local_launcher(fixture_root, tmp_path):
     assert_complete_jobs(sweep, 2)
 
 
+@pytest.mark.slow
 def test_slurm_launcher_config_composes():
     result = subprocess.run([sys.executable, "-m", "neu_defects.train", "hydra/launcher=slurm",
                              "hydra.launcher.partition=cpu", "--cfg", "hydra", "--package", "hydra.launcher"],
@@ -91,6 +95,7 @@ def test_slurm_launcher_config_composes():
     assert (launcher["partition"], launcher["cpus_per_task"], launcher["timeout_min"]) == ("cpu", 8, 120)
 
 
+@pytest.mark.slow
 def test_optuna_search_returns_the_metric_and_reports_the_best_trial(fixture_root, tmp_path):
     sweep = tmp_path / "optuna"
     multirun(sweep, fixture_root / "neu-cls", "hparams_search=cnn_optuna", "hydra.sweeper.n_trials=2")

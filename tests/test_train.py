@@ -60,6 +60,7 @@ def test_checkpoint_records_how_to_rebuild_the_model(fixture_run):
     assert module.input_spec["image_size"] == 32
 
 
+@pytest.mark.slow
 def test_cli_honours_run_dir_and_overrides(fixture_root, tmp_path):
     run_dir = tmp_path / "cli_run"
     result = subprocess.run(

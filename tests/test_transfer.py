@@ -139,6 +139,7 @@ def test_offline_lite0_package_maps_onto_timm_in_order():
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_offline_lite0_weights_are_imagenet_features_on_neu(neu_root):
     """A linear probe on pooled features separates the six NEU classes; random weights do not."""
     from sklearn.linear_model import LogisticRegression
@@ -218,6 +219,7 @@ def test_from_scratch_recipe_follows_model_pretrained(tmp_path, overrides, recip
     assert (cfg.model.image_size, cfg.model.optimizer.lr, cfg.trainer.max_epochs) == recipe
 
 
+@pytest.mark.slow
 def test_entry_point_reports_a_constructor_error_as_one_line(fixture_root, tmp_path):
     """Hydra wraps what a constructor raises; the entry point still prints the UserError's line."""
     result = subprocess.run(
