@@ -31,11 +31,13 @@ def test_summary_rows_mean_and_failures(tmp_path):
     make_job(tmp_path, 2, ["data.normal_classes=[patches]"], error="data root /x does not exist")
     make_job(tmp_path, 3, ["data.normal_classes=[scratches]"])
     table = write_summary(tmp_path)
-    assert [r["job"] for r in table] == ["0", "1", "2", "3", "mean"]
-    assert table[2]["status"] == "failed: data root /x does not exist"
-    assert table[3]["status"].startswith("incomplete")
-    assert table[-1]["test/image_auroc"] == pytest.approx(0.8)
-    assert table[-1]["status"] == "2/4 ok"
+    assert table["job"].tolist() == ["0", "1", "2", "3", "mean"]
+    assert table["status"][2] == "failed: data root /x does not exist"
+    assert table["status"][3].startswith("incomplete")
+    assert table.iloc[-1]["test/image_auroc"] == pytest.approx(0.8)
+    assert table.iloc[-1]["status"] == "2/4 ok"
+    assert table.iloc[-1]["fit/seconds"] == pytest.approx(15.0)
+    assert table.iloc[:2]["fit/seconds"].tolist() == [10.0, 20.0]
     md = (tmp_path / "summary.md").read_text()
     assert "| 0 | [crazing] | 10.0 | 0.9000 | ok |" in md
     assert "| 2 | [patches] |  |  | failed: data root /x does not exist |" in md

@@ -158,6 +158,7 @@ def test_study_tables_and_figures(tmp_path):
 # ---------------------------------------------------------------- end to end on the fixture
 
 
+@pytest.mark.slow
 def test_cv5_and_robustness_multiruns_write_their_studies(fixture_root, tmp_path):
     root = fixture_root / "neu-det"
     cv_dir, rob_dir = tmp_path / "cv", tmp_path / "rob"
@@ -181,6 +182,7 @@ def test_cv5_and_robustness_multiruns_write_their_studies(fixture_root, tmp_path
     assert (rob_dir / "study.png").is_file()
 
 
+@pytest.mark.slow
 def test_bad_study_input_is_one_line(fixture_root, tmp_path):
     root = fixture_root / "neu-det"
     cmd = [sys.executable, "-m", "neu_defects.train", f"data.root={root}", "data.samples_per_class=50",

@@ -13,39 +13,37 @@ it writes ``study.md`` (the table a researcher reads), ``study.csv`` (the same n
 - ``robustness``: test accuracy per corruption and severity (with the corruption's parameter) of
   one checkpoint; accuracy against severity per corruption, clean accuracy as a reference line.
 
+The tables are pandas groupbys of the jobs of ``reporting.sweep.collect_jobs`` over the ok jobs.
 ``reporting.callback.SummaryCallback`` runs it at the end of a study multirun.
 """
 
 from __future__ import annotations
 
-import csv
-import statistics
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import yaml
 
 from neu_defects.core.cli import log
 from neu_defects.core.errors import UserError
 from neu_defects.core.figures import save_figure
-from neu_defects.core.io import atomic_write, write_text
+from neu_defects.core.io import write_text
 from neu_defects.data.corruptions import CLEAN, SEVERITIES, UNITS
 from neu_defects.reporting.classification import (
     plot_confusion_counts,
     read_confusion_csv,
     write_confusion_csv,
 )
-from neu_defects.reporting.sweep import (
-    collect_jobs,
-    is_overall,
+from neu_defects.reporting.sweep import collect_jobs, is_overall, metric_columns, ok_rows
+from neu_defects.reporting.tables import (
+    STATS,
+    column,
+    fmt,
+    fmt_mean_std,
     markdown_table,
-    mean_std,
-    metric_columns,
-    metric_values,
-    ok_rows,
+    write_csv,
 )
 
 STUDIES = ("cv5", "data_efficiency", "robustness")
@@ -60,118 +58,120 @@ def study_of(sweep_dir: Path) -> str | None:
     return None
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(handle):
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    return atomic_write(path, write)
+def _ok_values(jobs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The ok jobs that have ``metric`` (not NaN): what every study cell aggregates."""
+    if metric not in jobs:  # no job wrote it: no rows, but the column the groupbys aggregate
+        return jobs.iloc[:0].assign(**{metric: np.nan})
+    return ok_rows(jobs).dropna(subset=[metric])
 
 
-def _failed_line(rows: Sequence[dict[str, Any]]) -> str:
-    failed = [r for r in rows if r["status"] != "ok"]
-    return f"\n{len(failed)} of {len(rows)} jobs not ok (see summary.md): {failed[0]['status']}\n" if failed else ""
+def _failed_line(jobs: pd.DataFrame) -> str:
+    failed = jobs.loc[jobs["status"] != "ok", "status"]
+    return f"\n{len(failed)} of {len(jobs)} jobs not ok (see summary.md): {failed.iloc[0]}\n" if len(failed) else ""
 
 
 # ---------------------------------------------------------------- cross-validation
 
 
-def cv_study(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    ok = ok_rows(rows)
-    per_metric = {k: metric_values(rows, k) for k in metric_columns(rows)}
-    table = [[k, mean_std(v, k), *(f"{x:.4f}" if k.startswith("test/") else f"{x:.1f}"
-                                   for x in (min(v, default=np.nan), max(v, default=np.nan)))]
-             for k, v in per_metric.items() if is_overall(k)]
-    folds = sorted({str(r.get("data.fold", "")) for r in ok})
-    text = (f"# Cross-validation {sweep_dir.name}: {len(ok)}/{len(rows)} folds ok (folds {', '.join(folds)})\n\n"
-            + markdown_table(["metric", "mean ± std (sample) over folds", "min", "max"], table))
-    matrices = [read_confusion_csv(sweep_dir / r["job"] / "confusion_matrix.csv")
-                for r in ok if (sweep_dir / r["job"] / "confusion_matrix.csv").is_file()]
+def cv_study(sweep_dir: Path, jobs: pd.DataFrame) -> str:
+    ok = ok_rows(jobs)
+    stats = ok[metric_columns(jobs)].agg([*STATS, "min", "max"]).T
+    overall = stats[[is_overall(k) for k in stats.index]]
+    # A row per metric, each formatted by its own name (4 decimals, 1 for fit/seconds).
+    table = pd.DataFrame([[k, fmt_mean_std(r["mean"], r["std"], r["count"], k), fmt(r["min"], k),
+                           fmt(r["max"], k)] for k, r in overall.iterrows()],
+                         columns=["metric", "mean ± std (sample) over folds", "min", "max"])
+    folds = sorted(set(column(ok, "data.fold", "")))
+    text = (f"# Cross-validation {sweep_dir.name}: {len(ok)}/{len(jobs)} folds ok (folds {', '.join(folds)})\n\n"
+            + markdown_table(table))
+    matrices = [read_confusion_csv(sweep_dir / job / "confusion_matrix.csv")
+                for job in ok["job"] if (sweep_dir / job / "confusion_matrix.csv").is_file()]
     if matrices:
         total = sum(cm for cm, _ in matrices)
         names = matrices[0][1]
         write_confusion_csv(sweep_dir / "study_confusion.csv", total, names)
         plot_confusion_counts(sweep_dir / "study.png", total, names,
                               title=f"summed over {len(matrices)} test folds")
+        confusion = pd.DataFrame(total, columns=names).astype(str)
+        confusion.insert(0, "true \\ predicted", names)
         text += (f"\nConfusion matrix summed over the {len(matrices)} test folds (rows true, columns predicted; "
-                 "study_confusion.csv, study.png):\n\n"
-                 + markdown_table(["true \\ predicted", *names],
-                                  [[n, *map(str, row)] for n, row in zip(names, total, strict=True)]))
-    _write_csv(sweep_dir / "study.csv", [{"metric": k, "mean": statistics.fmean(v),
-                                          "std": statistics.stdev(v) if len(v) > 1 else 0.0, "folds": len(v)}
-                                         for k, v in per_metric.items() if v])
-    return text + _failed_line(rows)
+                 "study_confusion.csv, study.png):\n\n" + markdown_table(confusion))
+    # A single fold has no sample std: 0 in the CSV, as the mean ± std cell shows the mean alone.
+    long = stats.loc[stats["count"] > 0, STATS].fillna({"std": 0.0}).astype({"count": int})
+    long = long.rename(columns={"count": "folds"}).rename_axis("metric").reset_index()
+    write_csv(sweep_dir / "study.csv", long)
+    return text + _failed_line(jobs)
 
 
 # ---------------------------------------------------------------- data efficiency
 
 
-def _k(row: dict[str, Any]) -> str:
-    value = str(row.get("data.samples_per_class", ALL))
-    return ALL if value in ("null", "None", "", ALL) else value
+def _k(jobs: pd.DataFrame) -> pd.Series:
+    k = column(jobs, "data.samples_per_class", ALL)
+    return k.where(~k.isin(["null", "None", "", ALL]), ALL)
 
 
 def _k_order(k: str) -> float:
     return float("inf") if k == ALL else float(k)
 
 
-def _train_per_class(sweep_dir: Path, row: dict[str, Any]) -> float | None:
+def _train_per_class(sweep_dir: Path, job: str) -> float | None:
     """Mean number of training images per class in a job's split.csv (what ``all`` means there)."""
-    split_file = sweep_dir / row["job"] / "split.csv"
+    split_file = sweep_dir / job / "split.csv"
     if not split_file.is_file():
         return None
-    with split_file.open(newline="") as handle:
-        labels = [r["label"] for r in csv.DictReader(handle) if r["split"] == "train"]
-    return len(labels) / max(1, len(set(labels)))
+    split = pd.read_csv(split_file, dtype=str, keep_default_na=False, usecols=["label", "split"])
+    labels = split.loc[split["split"] == "train", "label"]
+    return len(labels) / max(1, labels.nunique())
 
 
-def data_efficiency_study(sweep_dir: Path, rows: list[dict[str, Any]], metric: str = "test/acc") -> str:
-    models = list(dict.fromkeys(str(r.get("model", "default")) for r in rows))
-    ks = sorted({_k(r) for r in rows}, key=_k_order)
-    cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        cell.setdefault((str(r.get("model", "default")), _k(r)), []).append(r)
-    table, long = [], []
-    for k in ks:
-        cells = [k]
-        for m in models:
-            members = cell.get((m, k), [])
-            values = metric_values(members, metric)
-            cells.append(f"{mean_std(values, metric)} ({len(values)})" if values else "")
-            if values:
-                long.append({"model": m, "samples_per_class": k, "mean": statistics.fmean(values),
-                             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "seeds": len(values),
-                             "values": " ".join(f"{v:.4f}" for v in values)})
-        table.append(cells)
-    _write_csv(sweep_dir / "study.csv", long)
-    full = [n for r in ok_rows(rows) if _k(r) == ALL and (n := _train_per_class(sweep_dir, r))]
-    all_x = statistics.fmean(full) if full else None
+def data_efficiency_study(sweep_dir: Path, jobs: pd.DataFrame, metric: str = "test/acc") -> str:
+    jobs = jobs.assign(model=column(jobs, "model", "default"), samples_per_class=_k(jobs))
+    models = list(jobs["model"].unique())
+    ks = sorted(jobs["samples_per_class"].unique(), key=_k_order)
+    long = (_ok_values(jobs, metric).groupby(["model", "samples_per_class"], sort=False)[metric]
+            .agg(mean="mean", std="std", seeds="count", values=lambda s: " ".join(f"{v:.4f}" for v in s))
+            .reset_index())
+    # Rows k ascending (``all`` last), models in first-seen order within each.
+    order = {"samples_per_class": {k: i for i, k in enumerate(ks)},
+             "model": {m: i for i, m in enumerate(models)}}
+    long = long.sort_values(["samples_per_class", "model"], key=lambda c: c.map(order[c.name]),
+                            ignore_index=True)
+    cells = [f"{fmt_mean_std(mean, std, n, metric)} ({n})"
+             for mean, std, n in zip(long["mean"], long["std"], long["seeds"], strict=True)]
+    table = (long.assign(cell=cells).pivot(index="samples_per_class", columns="model", values="cell")
+             .reindex(index=ks, columns=models, fill_value="").fillna("")
+             .rename_axis("k per class").reset_index())
+    # A single seed has no sample std: 0 in the CSV, as its cell shows the mean alone.
+    long = long.fillna({"std": 0.0})
+    write_csv(sweep_dir / "study.csv", long)
+    ok = ok_rows(jobs)
+    full = pd.Series([_train_per_class(sweep_dir, job)
+                      for job in ok.loc[ok["samples_per_class"] == ALL, "job"]], dtype=float)
+    all_x = full[full > 0].mean() if (full > 0).any() else None  # jobs without a split.csv (NaN) left out
     _plot_learning_curve(sweep_dir / "study.png", long, models, all_x, metric)
     note = f"; `all` is {all_x:.0f} training images per class" if all_x else ""
     return (f"# Data efficiency {sweep_dir.name}: {metric}, mean ± std over seeds (seeds ok)\n\n"
             f"Rows: training images per class (`data.samples_per_class`){note}; validation and test whole.\n\n"
-            + markdown_table(["k per class", *models], table) + _failed_line(rows))
+            + markdown_table(table) + _failed_line(jobs))
 
 
-def _plot_learning_curve(path: Path, long: list[dict[str, Any]], models: list[str], all_x: float | None,
+def _plot_learning_curve(path: Path, long: pd.DataFrame, models: list[str], all_x: float | None,
                          metric: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ticks: dict[float, str] = {}
     for m in models:
-        points = [p for p in long if p["model"] == m and (p["samples_per_class"] != ALL or all_x)]
-        x = [all_x if p["samples_per_class"] == ALL else float(p["samples_per_class"]) for p in points]
-        if not points:
+        points = long[(long["model"] == m) & ((long["samples_per_class"] != ALL) | bool(all_x))]
+        if points.empty:
             continue
-        mean = np.array([p["mean"] for p in points])
-        std = np.array([p["std"] for p in points])
+        x = [all_x if k == ALL else float(k) for k in points["samples_per_class"]]
+        mean, std = points["mean"].to_numpy(), points["std"].to_numpy()
         ax.plot(x, mean, marker="o", label=m)
         ax.fill_between(x, mean - std, np.minimum(mean + std, 1.0), alpha=0.2)
-        for xi, p in zip(x, points, strict=True):
-            ax.scatter([xi] * p["seeds"], [float(v) for v in p["values"].split()], s=10, color="gray", zorder=3)
-            ticks[xi] = f"all\n({xi:.0f})" if p["samples_per_class"] == ALL else p["samples_per_class"]
+        for xi, k, seeds, values in zip(x, points["samples_per_class"], points["seeds"], points["values"],
+                                        strict=True):
+            ax.scatter([xi] * seeds, [float(v) for v in values.split()], s=10, color="gray", zorder=3)
+            ticks[xi] = f"all\n({xi:.0f})" if k == ALL else k
     ax.set_xscale("log")
     ax.set_xticks(list(ticks), list(ticks.values()))
     ax.minorticks_off()
@@ -186,49 +186,50 @@ def _plot_learning_curve(path: Path, long: list[dict[str, Any]], models: list[st
 # ---------------------------------------------------------------- robustness
 
 
-def _corruption(row: dict[str, Any]) -> str:
-    name = str(row.get("corruption", "none"))
-    return "clean" if name.lower() in (*CLEAN, "null") else name
+def _corruption(jobs: pd.DataFrame) -> pd.Series:
+    name = column(jobs, "corruption", "none")
+    return name.where(~name.str.lower().isin([*CLEAN, "null"]), "clean")
 
 
-def robustness_study(sweep_dir: Path, rows: list[dict[str, Any]], metric: str = "test/acc") -> str:
-    clean = metric_values([r for r in rows if _corruption(r) == "clean"], metric)
-    clean_acc = statistics.fmean(clean) if clean else None
-    names = [n for n in SEVERITIES if any(_corruption(r) == n for r in rows)]
+def robustness_study(sweep_dir: Path, jobs: pd.DataFrame, metric: str = "test/acc") -> str:
+    # Severities are override text ("1"): matched as text against the levels of SEVERITIES.
+    jobs = jobs.assign(corruption=_corruption(jobs), level=column(jobs, "severity", "None"))
+    ok = _ok_values(jobs, metric)
+    clean = ok.loc[ok["corruption"] == "clean", metric]
+    clean_acc = clean.mean() if len(clean) else None
+    names = [n for n in SEVERITIES if n in set(jobs["corruption"])]
     levels = range(1, max((len(SEVERITIES[n]) for n in names), default=0) + 1)
-    long, table = [], []
-    for name in names:
-        cells = [f"{name} ({UNITS[name]})"]
-        for s in levels:
-            at_level = [r for r in rows if _corruption(r) == name and str(r.get("severity")) == str(s)]
-            values = metric_values(at_level, metric)
-            parameter = SEVERITIES[name][s - 1]
-            cells.append(f"{statistics.fmean(values):.4f} ({parameter:g})" if values else "")
-            if values:
-                long.append({"corruption": name, "severity": s, "parameter": parameter, "unit": UNITS[name],
-                             metric: statistics.fmean(values)})
-        mean = [p[metric] for p in long if p["corruption"] == name]
-        cells.append(f"{statistics.fmean(mean):.4f}" if mean else "")
-        table.append(cells)
+    # SEVERITIES is a dict of tuples; as a frame, a row per corruption and severity with its parameter.
+    grid = pd.DataFrame([(n, s, str(s), p, UNITS[n])
+                         for n in names for s, p in enumerate(SEVERITIES[n], start=1)],
+                        columns=["corruption", "severity", "level", "parameter", "unit"])
+    means = ok.groupby(["corruption", "level"], as_index=False)[metric].mean()
+    long = grid.merge(means, on=["corruption", "level"], how="inner").drop(columns="level")
+    cells = [f"{v:.4f} ({p:g})" for v, p in zip(long[metric], long["parameter"], strict=True)]
+    table = (long.assign(cell=cells).pivot(index="corruption", columns="severity", values="cell")
+             .reindex(index=names, columns=list(levels), fill_value="").fillna(""))
+    table.columns = [f"severity {s}" for s in levels]
+    table["mean"] = long.groupby("corruption")[metric].mean().reindex(names).map(fmt)
+    table.insert(0, "corruption", [f"{n} ({UNITS[n]})" for n in names])
     if clean_acc is not None:
-        long.insert(0, {"corruption": "clean", "severity": 0, "parameter": "", "unit": "", metric: clean_acc})
-    _write_csv(sweep_dir / "study.csv", long)
+        clean_row = {"corruption": "clean", "severity": 0, "parameter": np.nan, "unit": "", metric: clean_acc}
+        long = pd.concat([pd.DataFrame([clean_row]), long], ignore_index=True)
+    write_csv(sweep_dir / "study.csv", long)
     _plot_robustness(sweep_dir / "study.png", long, names, clean_acc, metric)
     head = f"clean {clean_acc:.4f}" if clean_acc is not None else "no clean job"
     return (f"# Robustness {sweep_dir.name}: {metric} per corruption and severity ({head})\n\n"
             "Cells: accuracy (the corruption's parameter at that severity); corruptions are applied to the "
             "200 x 200 uint8 image before resizing. Gaussian noise SNR: signal power = mean of squared pixel "
             "values (neu_defects/data/corruptions.py).\n\n"
-            + markdown_table(["corruption", *(f"severity {s}" for s in levels), "mean"], table)
-            + _failed_line(rows))
+            + markdown_table(table) + _failed_line(jobs))
 
 
-def _plot_robustness(path: Path, long: list[dict[str, Any]], names: list[str], clean_acc: float | None,
+def _plot_robustness(path: Path, long: pd.DataFrame, names: list[str], clean_acc: float | None,
                      metric: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name in names:
-        points = [p for p in long if p["corruption"] == name]
-        ax.plot([p["severity"] for p in points], [p[metric] for p in points], marker="o", label=name)
+        points = long[long["corruption"] == name]
+        ax.plot(points["severity"], points[metric], marker="o", label=name)
     if clean_acc is not None:
         ax.axhline(clean_acc, color="black", linestyle="--", linewidth=1, label=f"clean ({clean_acc:.4f})")
     ax.set_xlabel("severity (1 mild .. 5 severe)")
@@ -252,8 +253,8 @@ def write_study(sweep_dir: str | Path, study: str | None = None) -> Path:
     if study not in BUILDERS:
         raise UserError(f"{sweep_dir} is not a study sweep (study={study!r}): pass --study "
                         f"{'|'.join(STUDIES)}, or run one with experiment=<study>")
-    rows = collect_jobs(sweep_dir)
-    text = BUILDERS[study](sweep_dir, rows)
+    jobs = collect_jobs(sweep_dir)
+    text = BUILDERS[study](sweep_dir, jobs)
     path = write_text(sweep_dir / "study.md", text)
     log.info("%s study: %s", study, path)
     return path

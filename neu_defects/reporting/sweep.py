@@ -1,7 +1,7 @@
 """The tables and figure of a multirun (``python -m neu_defects.report SWEEP_DIR``).
 
 Reads every job directory (``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``metrics.json``,
-``error.txt``) and writes into the sweep directory:
+``error.txt``) into a pandas DataFrame, a row per job, and writes into the sweep directory:
 
 - ``summary.csv``: a row per job with its overridden parameters, every test metric, fit seconds
   and status (``ok``, ``failed: <error>``, or ``incomplete`` for a job still running or killed);
@@ -10,31 +10,38 @@ Reads every job directory (``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``
 - ``summary_grouped.md``: mean ± std over seeds of each configuration (the parameters but seed);
 - ``summary.png``: the main metric (the test twin of ``optimized_metric``) per configuration.
 
-``reporting.callback.SummaryCallback`` runs it at the end of every multirun.
+Parameters stay the text of their override; a job without a metric or an override has NaN there,
+which the aggregations skip and the tables show empty. ``reporting.callback.SummaryCallback``
+runs it at the end of every multirun.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import re
-import statistics
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import yaml
+from pandas.api.typing import DataFrameGroupBy
 
 from neu_defects.core.cli import ERROR_FILE, log
 from neu_defects.core.errors import UserError
 from neu_defects.core.figures import save_figure
-from neu_defects.core.io import atomic_write, write_text
+from neu_defects.core.io import write_text
+from neu_defects.reporting.tables import (
+    STATS,
+    fmt,
+    fmt_column,
+    fmt_param,
+    markdown_table,
+    mean_std_cells,
+    write_csv,
+)
 
 SEED_KEYS = ("seed",)
 FALLBACK_METRICS = ("test/acc", "test/image_auroc")
-DECIMAL = re.compile(r"-?\d*\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
 
 
 def job_status(job_dir: Path) -> str:
@@ -58,10 +65,16 @@ def _optimized_metric(job_dir: Path) -> str | None:
     return (yaml.safe_load(config_file.read_text()) or {}).get("optimized_metric")
 
 
-def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+def _is_metric(key: str) -> bool:
+    return key.startswith(("test/", "fit/"))
+
+
+def collect_jobs(sweep_dir: str | Path) -> pd.DataFrame:
+    """A row per job in job order: ``job``, its overrides (first-seen order), metrics (sorted), ``status``."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"sweep directory {sweep_dir} does not exist: pass a multirun directory")
+    # Hand-written: the rows come from YAML and JSON files of each job, which pandas does not read as a table.
     rows = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: _job_key(p.parent.parent)):
         job_dir = overrides_file.parent.parent
@@ -75,11 +88,9 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         rows.append(row)
     if not rows:
         raise UserError(f"{sweep_dir} holds no job directories (*/.hydra/overrides.yaml): is it a multirun directory?")
-    return rows
-
-
-def _is_metric(key: str) -> bool:
-    return key.startswith(("test/", "fit/"))
+    # The columns in first-seen order over the jobs, as pandas builds them from the rows.
+    jobs = pd.DataFrame(rows)
+    return jobs[["job", *param_columns(jobs), *metric_columns(jobs), "status"]]
 
 
 def is_overall(key: str) -> bool:
@@ -87,96 +98,66 @@ def is_overall(key: str) -> bool:
     return _is_metric(key) and key.count("/") == 1
 
 
-def ok_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["status"] == "ok"]
+def ok_rows(jobs: pd.DataFrame) -> pd.DataFrame:
+    return jobs[jobs["status"] == "ok"]
 
 
-def metric_values(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in ok_rows(rows) if key in r and not math.isnan(float(r[key]))]
+def metric_values(jobs: pd.DataFrame, key: str) -> list[float]:
+    """The metric of every ok job that has it (not NaN), in job order."""
+    return ok_rows(jobs)[key].dropna().tolist() if key in jobs else []
 
 
-def param_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in rows:
-        seen.update(dict.fromkeys(r))
-    return [k for k in seen if not _is_metric(k) and k not in ("job", "status")]
+def param_columns(jobs: pd.DataFrame) -> list[str]:
+    return [k for k in jobs.columns if not _is_metric(k) and k not in ("job", "status")]
 
 
-def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    return sorted({k for r in rows for k in r if _is_metric(k)})
+def metric_columns(jobs: pd.DataFrame) -> list[str]:
+    return sorted(k for k in jobs.columns if _is_metric(k))
 
 
-def split_params(rows: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+def overall_columns(jobs: pd.DataFrame) -> list[str]:
+    return [k for k in metric_columns(jobs) if is_overall(k)]
+
+
+def split_params(jobs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     """The parameters that differ between jobs, and those every job shares (with their value)."""
-    varying, fixed = [], {}
-    for key in param_columns(rows):
-        values = {r.get(key) for r in rows}
-        if len(values) == 1 and len(rows) > 1:
-            fixed[key] = rows[0][key]
-        else:
-            varying.append(key)
-    return varying, fixed
+    params = param_columns(jobs)
+    # A job without an override counts as a value of its own: nunique(dropna=False).
+    fixed = {k: jobs[k].iloc[0] for k in params if len(jobs) > 1 and jobs[k].nunique(dropna=False) == 1}
+    return [k for k in params if k not in fixed], fixed
 
 
-def main_metric(sweep_dir: Path, rows: Sequence[dict[str, Any]]) -> str | None:
+def main_metric(sweep_dir: Path, jobs: pd.DataFrame) -> str | None:
     """The test twin of the sweep's ``optimized_metric`` (val/acc -> test/acc), else a known headline."""
-    available = set(metric_columns(rows))
-    first_job = sweep_dir / rows[0]["job"]
-    optimized = _optimized_metric(first_job)
+    available = metric_columns(jobs)
+    optimized = _optimized_metric(Path(sweep_dir) / jobs["job"].iloc[0])
     candidates = [f"test/{optimized.split('/', 1)[1]}"] if optimized and "/" in optimized else []
     for name in [*candidates, *FALLBACK_METRICS]:
         if name in available:
             return name
-    overall = [k for k in sorted(available) if is_overall(k) and k.startswith("test/")]
+    overall = [k for k in available if is_overall(k) and k.startswith("test/")]
     return overall[0] if overall else None
 
 
-def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"job": "mean", "status": f"{len(ok_rows(rows))}/{len(rows)} ok"}
-    for key in metric_columns(rows):
-        values = metric_values(rows, key)
-        if values:
-            out[key] = sum(values) / len(values)
-    return out
+def with_mean_row(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The jobs and a last ``mean`` row: each metric's mean over the ok jobs, ``<ok>/<jobs> ok`` as status."""
+    ok = ok_rows(jobs)
+    mean = {"job": "mean", **ok[metric_columns(jobs)].mean(), "status": f"{len(ok)}/{len(jobs)} ok"}
+    return pd.concat([jobs, pd.DataFrame([mean])], ignore_index=True)
 
 
-def group_rows(rows: Sequence[dict[str, Any]], varying: Sequence[str]) -> list[tuple[dict[str, str], list[dict]]]:
-    """Jobs grouped by their configuration: every varying parameter but the seed, in first-seen order."""
-    keys = [k for k in varying if k not in SEED_KEYS]
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.get(k, "") for k in keys), []).append(r)
-    return [(dict(zip(keys, config, strict=True)), members) for config, members in groups.items()]
+def configurations(jobs: pd.DataFrame, varying: list[str]) -> tuple[list[str], DataFrameGroupBy]:
+    """Jobs grouped by their configuration: every varying parameter but the seed, in first-seen order.
 
-
-def _fmt(value: Any, key: str = "") -> str:
-    if isinstance(value, float):
-        return f"{value:.1f}" if key.startswith("fit/") else f"{value:.4f}"
-    return _fmt_param(value)
-
-
-def _fmt_param(value: Any) -> str:
-    """Optuna writes floats in full (lr=0.0012345678): four significant digits are enough to read.
-
-    Only plain decimals are shortened: ``float("70_20")`` parses too, but that is a split name.
+    Metrics of jobs that are not ok are masked, so the groups' aggregations are over ok jobs only.
     """
-    text = str(value)
-    if len(text) <= 8 or not DECIMAL.fullmatch(text):
-        return text
-    return f"{float(text):.4g}"
-
-
-def mean_std(values: Sequence[float], key: str) -> str:
-    if not values:
-        return ""
-    mean = _fmt(statistics.fmean(values), key)
-    return f"{mean} ± {_fmt(statistics.stdev(values), key)}" if len(values) > 1 else mean
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines) + "\n"
+    keys = [k for k in varying if k not in SEED_KEYS]
+    ok = jobs["status"] == "ok"
+    masked = jobs.assign(**{k: jobs[k].where(ok) for k in metric_columns(jobs)})
+    # No parameter but the seed: every job is one configuration, a constant column to group by.
+    if not keys:
+        masked = masked.assign(configuration="all jobs")
+    return keys, masked.groupby(keys or ["configuration"], sort=False, dropna=False)
 
 
 def _fixed_line(fixed: dict[str, str]) -> str:
@@ -189,83 +170,74 @@ def optuna_best(sweep_dir: Path) -> dict[str, Any] | None:
     return yaml.safe_load(results.read_text()) if results.is_file() else None
 
 
-def jobs_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    varying, fixed = split_params(rows)
-    metrics = [k for k in metric_columns(rows) if is_overall(k)]
-    columns = ["job", *varying, *metrics, "status"]
-    body = [[_fmt(r.get(c, ""), c) for c in columns] for r in [*rows, mean_row(rows)]]
-    text = f"# Sweep {sweep_dir.name}\n\n{_fixed_line(fixed)}{markdown_table(columns, body)}"
+def jobs_markdown(sweep_dir: Path, table: pd.DataFrame) -> str:
+    """summary.md from the jobs and their mean row."""
+    jobs = table.iloc[:-1]
+    varying, fixed = split_params(jobs)
+    cells = table[["job", *varying, *overall_columns(jobs), "status"]].apply(fmt_column)
+    text = f"# Sweep {sweep_dir.name}\n\n{_fixed_line(fixed)}{markdown_table(cells)}"
     text += "\nPer-class metrics of every job: summary.csv.\n"
     best = optuna_best(sweep_dir)
     if best and "best_params" in best:
-        params = " ".join(f"`{k}={_fmt_param(v)}`" for k, v in best["best_params"].items())
-        text += f"\nOptuna best: {_fmt(float(best['best_value']))} with {params}\n"
+        params = " ".join(f"`{k}={fmt_param(v)}`" for k, v in best["best_params"].items())
+        text += f"\nOptuna best: {fmt(float(best['best_value']))} with {params}\n"
     return text
 
 
-def grouped_markdown(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
-    varying, fixed = split_params(rows)
-    groups = group_rows(rows, varying)
-    config_keys = list(groups[0][0])
-    metrics = [k for k in metric_columns(rows) if is_overall(k)]
-    columns = [*(config_keys or ["configuration"]), "jobs ok", *metrics]
-    body = []
-    for config, members in groups:
-        cells = [_fmt_param(v) for v in config.values()] or ["all jobs"]
-        cells.append(f"{len(ok_rows(members))}/{len(members)}")
-        cells += [mean_std(metric_values(members, k), k) for k in metrics]
-        body.append(cells)
+def grouped_markdown(sweep_dir: Path, jobs: pd.DataFrame) -> str:
+    varying, fixed = split_params(jobs)
+    keys, groups = configurations(jobs, varying)
+    metrics = overall_columns(jobs)
+    ok = groups["status"].agg(lambda s: (s == "ok").sum())
+    table = ok.index.to_frame(index=False).map(fmt_param)
+    table["jobs ok"] = [f"{n}/{size}" for n, size in zip(ok, groups.size(), strict=True)]
+    if metrics:  # none when every job failed
+        stats = groups[metrics].agg(STATS)
+        table[metrics] = pd.concat([mean_std_cells(stats, key) for key in metrics], axis=1).to_numpy()
     seeds = [k for k in varying if k in SEED_KEYS]
     over = f"over {', '.join(seeds)}" if seeds else "over the jobs of each configuration"
     return (f"# Sweep {sweep_dir.name}: mean ± std (sample) {over}\n\n{_fixed_line(fixed)}"
-            f"{markdown_table(columns, body)}")
+            f"{markdown_table(table)}")
 
 
-def plot_summary(path: Path, rows: list[dict[str, Any]], metric: str) -> Path:
+def plot_summary(path: Path, jobs: pd.DataFrame, metric: str) -> Path:
     """One column per configuration: every job as a dot, the mean as a bar, ± std as an error bar."""
-    varying, _ = split_params(rows)
-    groups = group_rows(rows, varying)
-    labels = ["\n".join(f"{k}={_fmt_param(v)}" for k, v in config.items()) or "all jobs" for config, _ in groups]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(groups) + 1.5), 4.0))
-    for i, (_, members) in enumerate(groups):
-        values = metric_values(members, metric)
-        if not values:
+    keys, groups = configurations(jobs, split_params(jobs)[0])
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * groups.ngroups + 1.5), 4.0))
+    labels = []
+    for i, (config, members) in enumerate(groups):
+        labels.append("\n".join(f"{k}={fmt_param(v)}" for k, v in zip(keys, config, strict=True)) if keys
+                      else "all jobs")
+        values = members[metric].dropna()
+        if values.empty:
             ax.text(i, 0.5, "no ok job", ha="center", transform=ax.get_xaxis_transform(), color="tab:red")
             continue
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        ax.bar(i, statistics.fmean(values), color="tab:blue", alpha=0.35, width=0.6)
-        ax.errorbar(i, statistics.fmean(values), yerr=std, color="black", capsize=6)
+        ax.bar(i, values.mean(), color="tab:blue", alpha=0.35, width=0.6)
+        ax.errorbar(i, values.mean(), yerr=values.std() if len(values) > 1 else 0.0, color="black", capsize=6)
         ax.scatter([i] * len(values), values, color="tab:blue", zorder=3, s=18)
-    everything = [v for _, members in groups for v in metric_values(members, metric)]
-    if everything:
+    everything = pd.Series(metric_values(jobs, metric), dtype=float)
+    if not everything.empty:
         # Metrics close to 1 differ in the second decimal: a zero-based axis would hide that.
-        low, high = min(everything), max(everything)
+        low, high = everything.min(), everything.max()
         margin = max(0.01, 0.25 * (high - low))
         ax.set_ylim(max(0.0, low - margin), high + margin if high + margin <= 1 or high > 1 else 1.0)
-    ax.set_xticks(range(len(groups)), labels, fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per configuration ({len(ok_rows(rows))}/{len(rows)} jobs ok)")
+    ax.set_title(f"{metric} per configuration ({len(ok_rows(jobs))}/{len(jobs)} jobs ok)")
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
 
 
-def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Write summary.csv, summary.md, summary_grouped.md and summary.png; return the rows and the mean."""
+def write_summary(sweep_dir: str | Path) -> pd.DataFrame:
+    """Write summary.csv, summary.md, summary_grouped.md and summary.png; return the jobs and a mean row."""
     sweep_dir = Path(sweep_dir)
-    rows = collect_jobs(sweep_dir)
-    table = [*rows, mean_row(rows)]
-    columns = ["job", *param_columns(rows), *metric_columns(rows), "status"]
-
-    def write_csv(handle):
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(table)
-
-    atomic_write(sweep_dir / "summary.csv", write_csv)
-    write_text(sweep_dir / "summary.md", jobs_markdown(sweep_dir, rows))
-    write_text(sweep_dir / "summary_grouped.md", grouped_markdown(sweep_dir, rows))
-    metric = main_metric(sweep_dir, rows)
+    jobs = collect_jobs(sweep_dir)
+    table = with_mean_row(jobs)
+    write_csv(sweep_dir / "summary.csv", table)
+    write_text(sweep_dir / "summary.md", jobs_markdown(sweep_dir, table))
+    write_text(sweep_dir / "summary_grouped.md", grouped_markdown(sweep_dir, jobs))
+    metric = main_metric(sweep_dir, jobs)
     if metric:
-        plot_summary(sweep_dir / "summary.png", rows, metric)
-    log.info("summary of %d jobs (%d ok): %s", len(rows), len(ok_rows(rows)), sweep_dir / "summary.md")
+        plot_summary(sweep_dir / "summary.png", jobs, metric)
+    log.info("summary of %d jobs (%d ok): %s", len(jobs), len(ok_rows(jobs)), sweep_dir / "summary.md")
     return table

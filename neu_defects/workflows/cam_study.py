@@ -10,18 +10,19 @@ pointing game and energy in box.
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from neu_defects.core.cli import log, quiet_libraries
 from neu_defects.core.errors import UserError
-from neu_defects.core.io import atomic_write, write_text
+from neu_defects.core.io import write_text
+from neu_defects.reporting.tables import markdown_table, write_csv
 from neu_defects.saliency.cam import PROJECTIONS, cam_grid, check_method
 from neu_defects.saliency.layers import candidate_layers, resolve_layer, split_layers, trace_feature_maps
 from neu_defects.saliency.localisation import SCORES, LocalisationTally, box_mask, original_size
@@ -127,32 +128,23 @@ def write_outputs(run_dir: Path, rows: list[dict], chance_row: dict, coverage: d
                   context: dict) -> None:
     columns = ["method", "layer", "map", "smoothing", *[f"cam_{s}" for s in SCORES],
                *[f"cam_{s}/{c}" for s in SCORES for c in names], "seconds"]
-
-    def write_csv(handle):
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows([*rows, chance_row])
-
-    atomic_write(run_dir / "results.csv", write_csv)
+    # A class without annotated images has no score: NaN, an empty CSV cell.
+    write_csv(run_dir / "results.csv", pd.DataFrame([*rows, chance_row]).reindex(columns=columns))
     header = ["#", "method", "layer (map)", "smoothing", "pointing game", "energy in box", "IoU@thr",
               *[f"{c}: PG / EiB" for c in names]]
-    lines = [
-        f"# CAM localisation: {context['name']}",
-        "",
-        f"{context['net']} at {context['image_size']} px, checkpoint `{context['ckpt']}`; {context['split']} accuracy "
-        f"{context['accuracy']:.4f}; {context['images']} annotated {context['split']} images; map of the true class. "
-        "Ranked by the mean of pointing game and energy in box.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    body = []
     for rank, row in enumerate([*rows, chance_row], start=1):
         layer = f"{row['layer']} ({row['map']})" if row["layer"] else ""
-        cells = [str(rank) if row is not chance_row else "", row["method"], layer, row["smoothing"],
-                 _fmt(row, "cam_pointing_game"), _fmt(row, "cam_energy_in_box"), _fmt(row, "cam_iou"),
-                 *[f"{_fmt(row, f'cam_pointing_game/{c}')} / {_fmt(row, f'cam_energy_in_box/{c}')}" for c in names]]
-        lines.append("| " + " | ".join(cells) + " |")
-    write_text(run_dir / "table.md", "\n".join(lines) + "\n")
+        body.append([str(rank) if row is not chance_row else "", row["method"], layer, row["smoothing"],
+                     _fmt(row, "cam_pointing_game"), _fmt(row, "cam_energy_in_box"), _fmt(row, "cam_iou"),
+                     *[f"{_fmt(row, f'cam_pointing_game/{c}')} / {_fmt(row, f'cam_energy_in_box/{c}')}"
+                       for c in names]])
+    split = context["split"]
+    intro = (f"{context['net']} at {context['image_size']} px, checkpoint `{context['ckpt']}`; {split} accuracy "
+             f"{context['accuracy']:.4f}; {context['images']} annotated {split} images; map of the true class. "
+             "Ranked by the mean of pointing game and energy in box.")
+    write_text(run_dir / "table.md", f"# CAM localisation: {context['name']}\n\n{intro}\n\n"
+               + markdown_table(pd.DataFrame(body, columns=header)))
     best = rows[0]
     summary = {**{k: v for k, v in best.items() if k.startswith("cam_")},
                **{f"cam_chance{suffix}": v for suffix, v in coverage.items()}}
