@@ -7,6 +7,7 @@ let a broken model pass CI.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Exports of frozen backbones (models/frozen.py) go to a folder of this session, not the user's cache;
+# subprocesses inherit it, so one export serves every test of the session.
+os.environ.setdefault("NEU_DEFECTS_CACHE", tempfile.mkdtemp(prefix="neu_defects_cache_"))
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

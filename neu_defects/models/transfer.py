@@ -33,6 +33,7 @@ from neu_defects.core.checkpoint import RECORD
 from neu_defects.core.errors import UserError
 from neu_defects.data.dataset import epoch_passes
 from neu_defects.models.classifier import ClassifierModule
+from neu_defects.models.frozen import FrozenRunner, Method
 from neu_defects.models.nets import BackboneClassifier
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class TransferModule(ClassifierModule):
         backbone_lr_scale: float = 0.1,
         cache_features: bool | str = "auto",
         cache_views: int = 2,
+        embed_backend: str = "auto",
         **kwargs: Any,
     ):
         if cache_features not in (True, False, "auto"):
@@ -106,6 +108,11 @@ class TransferModule(ClassifierModule):
         # Lightning keeps each submodule's mode across its loops rather than calling train(), so
         # the frozen backbone starts out in eval mode; train() below guards explicit calls.
         self.net.backbone.train(not self.backbone_frozen)
+        # While the backbone is frozen its features come from the fastest runtime (models/frozen.py).
+        # Its name keys the export with the weights and input shape: it says what embed computes.
+        stages = ".".join(map(str, self.net.feature_stages)) or "none"
+        self.frozen_embed = FrozenRunner(Method(self.net, "embed"), f"{backbone}-embed-stages{stages}", embed_backend,
+                                         weights=self.net.backbone)
         # Validation features by batch index: the validation loader is unshuffled and unaugmented.
         self.val_features: dict[int, torch.Tensor] | None = None
         self.image_train_set: Dataset | None = None
@@ -117,9 +124,13 @@ class TransferModule(ClassifierModule):
             self.net.backbone.eval()
         return self
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features; through ``frozen_embed`` while the backbone is frozen."""
+        return self.frozen_embed(x) if self.backbone_frozen else self.net.embed(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two dimensions: a batch of cached backbone features, not of images.
-        return self.net.head(x) if x.dim() == 2 else self.net(x)
+        return self.net.head(x if x.dim() == 2 else self.embed(x))
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         optimizer = self.optimizer_factory(params=list(self.net.head.parameters()))
@@ -145,7 +156,7 @@ class TransferModule(ClassifierModule):
         for view in range(views):
             dataset.epoch = view
             loader = DataLoader(Subset(dataset, range(len(dataset) * passes)), batch_size=EMBED_BATCH, shuffle=False)
-            out.append(torch.cat([self.net.embed(x.to(self.device)).cpu() for x, _ in loader]))
+            out.append(torch.cat([self.embed(x.to(self.device)).cpu() for x, _ in loader]))
         dataset.epoch = 0
         return torch.stack(out)
 
@@ -175,7 +186,7 @@ class TransferModule(ClassifierModule):
         if self.val_features is not None:
             x, y = batch
             if batch_idx not in self.val_features:
-                self.val_features[batch_idx] = self.net.embed(x)
+                self.val_features[batch_idx] = self.embed(x)
             batch = (self.val_features[batch_idx], y)
         return super().validation_step(batch, batch_idx)
 

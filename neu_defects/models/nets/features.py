@@ -4,8 +4,9 @@ Anomaly models that score in feature space (Gaussian, feature reconstruction) sh
 resized to ``1 / stride`` of the input and concatenated, then averaged over a 3 x 3 neighbourhood
 so each position describes a patch rather than a pixel.
 
-The backbone never changes, so features are cached per input image (keyed by its pixels): epochs
-after the first, and later jobs of a multirun in the same process, skip the backbone.
+The backbone never changes, so its features come from the fastest runtime (``models/frozen.py``:
+ONNX Runtime when installed, ``embed_backend``) and are cached per input image (keyed by its
+pixels): epochs after the first, and later jobs of a multirun in the same process, skip it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neu_defects.models.frozen import FrozenRunner, Method
 from neu_defects.models.nets.base import channel_stats
 from neu_defects.models.weights import build_backbone
 
@@ -28,7 +30,7 @@ _CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 class FrozenFeatures(nn.Module):
     def __init__(self, backbone: str = "tf_efficientnet_lite0", layers: Sequence[int] = (1, 2, 3),
                  pretrained: bool = True, weights: str | None = None, in_chans: int = 3, stride: int = 8,
-                 cache_items: int = 4000):
+                 cache_items: int = 4000, embed_backend: str = "auto"):
         super().__init__()
         self.model = build_backbone(backbone, pretrained=pretrained, weights=weights, in_chans=in_chans)
         self.layers, self.stride, self.cache_items = list(layers), stride, cache_items
@@ -40,6 +42,8 @@ class FrozenFeatures(nn.Module):
         config = timm.data.resolve_model_data_config(self.model)
         self.mean, self.std = channel_stats(config["mean"], in_chans), channel_stats(config["std"], in_chans)
         self._cache_tag = (backbone, tuple(self.layers), stride, pretrained, weights, in_chans)
+        self.runner = FrozenRunner(Method(self, "compute"), f"{backbone}-layers{'.'.join(map(str, self.layers))}",
+                                   embed_backend, weights=self.model)
         # Lightning keeps each submodule's own train/eval mode rather than calling .train() on the
         # whole model, so the frozen backbone must start in eval mode itself.
         self.eval()
@@ -48,7 +52,8 @@ class FrozenFeatures(nn.Module):
         # Frozen: BatchNorm statistics stay the pretrained ones whatever mode the owner is in.
         return super().train(False)
 
-    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch features, eager (``forward`` runs them through ``runner``)."""
         maps = self.model.forward_intermediates(x, indices=self.layers, intermediates_only=True)
         size = (x.shape[-2] // self.stride, x.shape[-1] // self.stride)
         maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
@@ -58,11 +63,11 @@ class FrozenFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cache_items <= 0:
-            return self._compute(x)
+            return self.runner(x)
         keys = [(*self._cache_tag, hashlib.sha1(xi.cpu().numpy().tobytes()).hexdigest()) for xi in x]
         missing = [i for i, k in enumerate(keys) if k not in _CACHE]
         if missing:
-            for i, f in zip(missing, self._compute(x[missing]), strict=True):
+            for i, f in zip(missing, self.runner(x[missing]), strict=True):
                 _CACHE[keys[i]] = f.to(torch.float16)
             while len(_CACHE) > self.cache_items:
                 _CACHE.popitem(last=False)
