@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neu_defects.models.frozen import to_channels_last
 from neu_defects.models.metrics import classification_metrics, flatten
 from neu_defects.models.optim import with_scheduler
 from neu_defects.models.task import TaskModule
@@ -29,9 +30,13 @@ class ClassifierModule(TaskModule):
         class_names: Sequence[str] = (),
         image_size: int = 64,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
     ):
         super().__init__()
-        self.net = net
+        # NHWC weights and inputs: oneDNN's faster convolution layout on CPUs, decided per net family
+        # by `python -m neu_defects.benchmark` (experiments/README.md, "Speed").
+        self.channels_last = channels_last
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.image_size = image_size
@@ -45,8 +50,12 @@ class ClassifierModule(TaskModule):
         self.test_probs: list[torch.Tensor] = []
         self.test_targets: list[torch.Tensor] = []
 
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch in the memory format the net's weights are in."""
+        return to_channels_last(x) if self.channels_last else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.net_input(x))
 
     def training_step(self, batch, batch_idx):
         x, y = batch

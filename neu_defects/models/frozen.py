@@ -59,7 +59,7 @@ class Method(nn.Module):
         return getattr(self.owner, self.method)(x)
 
 
-def channels_last(x: torch.Tensor) -> torch.Tensor:
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
@@ -76,8 +76,9 @@ class FrozenRunner:
         self.weights = weights if weights is not None else module
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._digest: str | None = None
-        # Per input shape (C, H, W): an ONNX Runtime session, or None for eager.
+        # Per input shape (C, H, W): an ONNX Runtime session, or None for eager; and the export it runs.
         self.sessions: dict[tuple[int, ...], object | None] = {}
+        self.exports: dict[tuple[int, ...], Path] = {}
 
     @property
     def uses_onnxruntime(self) -> bool:
@@ -86,7 +87,7 @@ class FrozenRunner:
     @torch.no_grad()
     def eager(self, x: torch.Tensor):
         self.module.eval()
-        return self.module(channels_last(x))
+        return self.module(to_channels_last(x))
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor):
@@ -119,8 +120,8 @@ class FrozenRunner:
             options.log_severity_level = 3
             reference = self.eager(x)
             reference = tuple(reference) if isinstance(reference, tuple | list) else (reference,)
-            session = ort.InferenceSession(str(self._export(x, len(reference))), options,
-                                           providers=["CPUExecutionProvider"])
+            path = self._export(x, len(reference))
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # the exporter and ONNX Runtime raise many types
             log.info("%s: export to ONNX Runtime failed (%s); the frozen backbone runs eager, channels-last",
                      self.name, str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -134,6 +135,7 @@ class FrozenRunner:
             return self._fallback()
         log.info("%s: frozen backbone through ONNX Runtime (max |difference| to eager %.1g on the first batch)",
                  self.name, difference)
+        self.exports[tuple(x.shape[1:])] = path
         return session
 
     def _fallback(self) -> None:

@@ -126,7 +126,7 @@ class TransferModule(ClassifierModule):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features; through ``frozen_embed`` while the backbone is frozen."""
-        return self.frozen_embed(x) if self.backbone_frozen else self.net.embed(x)
+        return self.frozen_embed(x) if self.backbone_frozen else self.net.embed(self.net_input(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two dimensions: a batch of cached backbone features, not of images.

@@ -22,7 +22,6 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from hydra import compose
-from lightning import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -41,91 +39,11 @@ from neu_defects.core.errors import UserError
 from neu_defects.core.io import write_json, write_text
 from neu_defects.deploy.backends import OnnxBackend, TorchBackend, accuracy, split_arrays
 from neu_defects.deploy.onnx_io import quantize_int8, to_onnx
-from neu_defects.workflows.builders import build_model_and_data, build_trainer
+from neu_defects.workflows.builders import build_model_and_data
+from neu_defects.workflows.speed import benchmark_speed, speed_bars, speed_markdown
+from neu_defects.workflows.timing import data_round, latency_ms, lightning_round, median_rate, plain_round
 
 BACKENDS = ("torch eager", "ORT fp32", "ORT int8")
-
-
-def now() -> tuple[float, float]:
-    """(wall, process CPU) seconds. CPU time is what the process itself spent: other jobs sharing
-    the cores slow the wall clock but hardly change it."""
-    return time.perf_counter(), time.process_time()
-
-
-class StepClock(Callback):
-    """The clocks at the end of every training batch, and the batch's size."""
-
-    def __init__(self):
-        self.ends: list[tuple[float, float]] = []
-        self.sizes: list[int] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.ends.append(now())
-        self.sizes.append(len(batch[1]))
-
-
-def step_rates(ends: list[tuple[float, float]], sizes: list[int], warmup: int) -> list[tuple[float, float]]:
-    """(images per wall second, images per CPU second) of every batch after the first ``warmup``."""
-    return [(size / (b[0] - a[0]), size / (b[1] - a[1]))
-            for a, b, size in zip(ends[warmup:-1], ends[warmup + 1:], sizes[warmup + 1:], strict=True)]
-
-
-def median_rate(steps: list[tuple[float, float]]) -> tuple[float, float]:
-    """The median step's images per wall and per CPU second. On this shared VM single steps swing by
-    +-15% (the host's load, not ours); the median of many steps ignores those swings where a total
-    over a round, or the best of two rounds, does not."""
-    return tuple(float(np.median([step[k] for step in steps])) for k in (0, 1))
-
-
-def lightning_round(cfg: DictConfig, model, datamodule, steps: int, warmup: int) -> list[tuple[float, float]]:
-    clock = StepClock()
-    # One epoch of `steps` batches. Validation, which would run after the last timed batch, is
-    # skipped: it costs time outside the measurement and the plain loop has none.
-    trainer = build_trainer(cfg, [clock], max_epochs=1, limit_train_batches=steps, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule)
-    return step_rates(clock.ends, clock.sizes, warmup)
-
-
-def plain_round(model, datamodule, steps: int, warmup: int) -> list[tuple[float, float]]:
-    """The loop a researcher would write by hand: the same module, loss, optimiser and loader."""
-    loader = datamodule.train_dataloader()
-    loader.sampler.set_epoch(0)
-    optimizer = model.build_optimizer()
-    model.train()
-    ends, sizes = [], []
-    for step, (x, y) in enumerate(loader):
-        if step == steps:
-            break
-        loss = model.criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ends.append(now())
-        sizes.append(len(y))
-    return step_rates(ends, sizes, warmup)
-
-
-def data_round(datamodule, steps: int, warmup: int) -> list[tuple[float, float]]:
-    loader = datamodule.train_dataloader()
-    loader.sampler.set_epoch(1)
-    ends, sizes = [], []
-    for step, (_, y) in enumerate(loader):
-        if step == steps:
-            break
-        ends.append(now())
-        sizes.append(len(y))
-    return step_rates(ends, sizes, warmup)
-
-
-def latency_ms(run: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(1000 * (time.perf_counter() - start))
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
 
 
 def macs_per_image(net: torch.nn.Module, spec: dict[str, Any]) -> int:
@@ -233,11 +151,21 @@ def check_bars(results: dict[str, Any], bars: DictConfig) -> list[dict[str, Any]
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Deployment benchmark ({report['date']})", "", f"Machine: {report['machine']}. "
-             f"Command: `{report['command']}`.", "", "## Training (images/s of the median step, all rounds pooled)", "",
+    lines = [f"# Benchmark ({report['date']})", "", f"Machine: {report['machine']}. Command: `{report['command']}`."]
+    if report["models"]:
+        lines += model_markdown(report["models"])
+    lines += speed_markdown(report["speed"])
+    lines += ["", "## Bars", "", "| model | bar | measured | holds |", "|---|---|---|---|"]
+    lines += [f"| {b['model']} | {b['bar']} | {b['value']:.3f} | {'yes' if b['ok'] else '**no**'} |"
+              for b in report["bars"]]
+    return "\n".join(lines) + "\n"
+
+
+def model_markdown(models: dict[str, Any]) -> list[str]:
+    lines = ["", "## Training (images/s of the median step, all rounds pooled)", "",
              "| model | input | batch | Lightning loop | plain loop | ratio | ratio in CPU time | data pipeline "
              "| data / training |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in report["models"].items():
+    for name, r in models.items():
         t = r["train"]
         lines.append(f"| {name} | {r['in_chans']}x{r['image_size']}² | {r['batch_size']} | "
                      f"{t['images_per_s']['lightning']:.1f} | {t['images_per_s']['plain']:.1f} | "
@@ -247,7 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
               "which other jobs on the machine hardly change."]
     lines += ["", "## Inference latency (ms, median / p90)", "",
               "| model | batch | " + " | ".join(BACKENDS) + " | eager / ORT fp32 |", "|---|---|---|---|---|---|"]
-    for name, r in report["models"].items():
+    for name, r in models.items():
         for batch, row in r["inference"]["latency"].items():
             cells = " | ".join(f"{row[b]['median_ms']:.2f} / {row[b]['p90_ms']:.2f}" for b in BACKENDS)
             lines.append(f"| {name} | {batch.split()[1]} | {cells} | "
@@ -255,15 +183,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Accuracy on the test split, size", "",
               "| model | weights | test images | eager | ORT fp32 | ORT int8 | int8 change (points) | params | MACs |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in report["models"].items():
+    for name, r in models.items():
         acc = r["inference"]["test_acc"]
         lines.append(f"| {name} | {r['weights']} | {r['inference']['test_images']} | {acc['torch eager']:.4f} | "
                      f"{acc['ORT fp32']:.4f} | {acc['ORT int8']:.4f} | {r['inference']['int8_acc_change_points']:+.2f} | "
                      f"{r['params'] / 1e6:.2f} M | {r['macs'] / 1e6:.1f} M |")
-    lines += ["", "## Bars", "", "| model | bar | measured | holds |", "|---|---|---|---|"]
-    lines += [f"| {b['model']} | {b['bar']} | {b['value']:.3f} | {'yes' if b['ok'] else '**no**'} |"
-              for b in report["bars"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def benchmark(cfg: DictConfig) -> dict[str, Any]:
@@ -271,16 +196,15 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     # The timed rounds run no validation, so the checkpoint callback finds no val/loss: expected.
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     run_dir = Path(cfg.paths.output_dir)
-    results = {}
-    for name, entry in cfg.models.items():
-        if entry is not None:
-            results[name] = benchmark_model(name, entry, cfg, run_dir)
+    results = {name: benchmark_model(name, entry, cfg, run_dir) for name, entry in (cfg.models or {}).items()
+               if entry is not None}
+    speed = benchmark_speed(cfg, run_dir) if cfg.speed else {}
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                          f"torch {torch.__version__}, onnxruntime {ort.__version__}",
               "command": " ".join(["python -m neu_defects.benchmark", *sys.argv[1:]]), "settings": OmegaConf.to_container(cfg, resolve=True),
-              "models": results}
-    report["bars"] = check_bars(results, cfg.bars)
+              "models": results, "speed": speed}
+    report["bars"] = [*check_bars(results, cfg.bars), *speed_bars(speed, cfg.bars)]
     write_json(run_dir / "benchmark.json", report)
     write_text(run_dir / "benchmark.md", markdown(report))
     log.info("benchmark: %s", "; ".join(f"{b['model']} {b['bar']}: {b['value']:.3f} ({'ok' if b['ok'] else 'NOT MET'})"
