@@ -1,4 +1,9 @@
-"""Decode every indexed image once into RAM as uint8 arrays (NEU is ~72 MB gray at 200 x 200)."""
+"""Decode every indexed image once into RAM as uint8 arrays (NEU is ~72 MB gray at 200 x 200).
+
+The last clean decode is kept for the process: the jobs of a multirun (same data, same input)
+decode the data set once instead of once per job, 3 s for NEU at 224 px RGB. It is keyed by every
+file's path, size and modification time, so a changed file is decoded again.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,14 @@ from neu_defects.data.io import decode_image, resize
 log = logging.getLogger(__name__)
 
 
+_LAST: dict[tuple, tuple[np.ndarray, list[str]]] = {}
+
+
+def _key(index: DatasetIndex, channels: int, size: int) -> tuple:
+    files = tuple((s.path, (stat := index.abspath(s).stat()).st_size, stat.st_mtime_ns) for s in index.samples)
+    return str(index.root), files, channels, size
+
+
 def load_images(
     index: DatasetIndex, channels: int, size: int, corruption: Callable[[np.ndarray, str], np.ndarray] | None = None
 ) -> tuple[np.ndarray, list[str]]:
@@ -25,8 +38,11 @@ def load_images(
     (whatever their encoding) share a hash and can be kept on one side of a split.
     ``corruption(image, key)`` (see ``corruptions.py``) is applied to the decoded image, as the camera
     would have delivered it, before resizing; the hash stays that of the clean image, so a corrupted
-    data set splits exactly as the clean one.
+    data set splits exactly as the clean one. The arrays are shared with later calls: read, never write.
     """
+    key = _key(index, channels, size) if corruption is None else None
+    if key is not None and key in _LAST:
+        return _LAST[key]
     start = time.perf_counter()
     images = np.empty((len(index.samples), size, size, channels), dtype=np.uint8)
     hashes = []
@@ -37,4 +53,7 @@ def load_images(
             array = corruption(array, sample.path)
         images[i] = resize(array, size)
     log.info("decoded %d images (%s) in %.1f s", len(images), index.layout, time.perf_counter() - start)
+    if key is not None:
+        _LAST.clear()
+        _LAST[key] = (images, hashes)
     return images, hashes

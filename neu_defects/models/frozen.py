@@ -33,6 +33,9 @@ from neu_defects.core.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "eager")
+# Exports whose outputs matched eager in this process: later runners of the same export (the jobs of
+# a multirun) skip the check.
+_VERIFIED: set[Path] = set()
 
 
 def default_cache_dir() -> Path:
@@ -104,8 +107,7 @@ class FrozenRunner:
     def _open(self, x: torch.Tensor):
         """The session for this input shape, checked against eager on ``x``; None for eager."""
         if self.backend == "eager":
-            self.module.to(memory_format=torch.channels_last)
-            return None
+            return self._fallback()
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -118,14 +120,17 @@ class FrozenRunner:
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.log_severity_level = 3
-            reference = self.eager(x)
-            reference = tuple(reference) if isinstance(reference, tuple | list) else (reference,)
-            path = self._export(x, len(reference))
+            path = self._export(x)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # the exporter and ONNX Runtime raise many types
             log.info("%s: export to ONNX Runtime failed (%s); the frozen backbone runs eager, channels-last",
                      self.name, str(err).splitlines()[0] if str(err) else type(err).__name__)
             return self._fallback()
+        if path in _VERIFIED:
+            self.exports[tuple(x.shape[1:])] = path
+            return session
+        reference = self.eager(x)
+        reference = tuple(reference) if isinstance(reference, tuple | list) else (reference,)
         outputs = session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})
         difference = max(float((torch.from_numpy(o) - r.cpu()).abs().max()) for o, r in zip(outputs, reference,
                                                                                               strict=True))
@@ -135,6 +140,7 @@ class FrozenRunner:
             return self._fallback()
         log.info("%s: frozen backbone through ONNX Runtime (max |difference| to eager %.1g on the first batch)",
                  self.name, difference)
+        _VERIFIED.add(path)
         self.exports[tuple(x.shape[1:])] = path
         return session
 
@@ -142,7 +148,7 @@ class FrozenRunner:
         self.module.to(memory_format=torch.channels_last)
         return None
 
-    def _export(self, x: torch.Tensor, outputs: int) -> Path:
+    def _export(self, x: torch.Tensor) -> Path:
         if self._digest is None:
             self._digest = weights_digest(self.weights)
         key = hashlib.sha256(f"{self.name}|{tuple(x.shape[1:])}|{torch.__version__}|{self._digest}".encode())
@@ -152,6 +158,8 @@ class FrozenRunner:
         buffer = io.BytesIO()
         example = x[:2].detach().cpu().float().contiguous()
         self.module.eval()
+        example_out = self.module(example)
+        outputs = len(example_out) if isinstance(example_out, tuple | list) else 1
         # The TorchScript exporter: 3 s for Lite0 where the dynamo exporter took 30 s (same graph and
         # parity), which a run that embeds for 20 s would not win back.
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
