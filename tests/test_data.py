@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from PIL import Image
 
 from neu_defects.core.errors import UserError
 from neu_defects.data import NEU_CLASSES, NEUDataModule, build_index
+from neu_defects.data.cache import load_images
 from neu_defects.data.io import decode_image
 from neu_defects.data.splits import assign_splits, parse_split, read_split_csv, write_split_csv
 from neu_defects.data.transforms import build_transform
@@ -174,3 +177,18 @@ def test_real_duplicate_pair_never_straddles_a_split(neu_root):
         for kwargs in ({"split": "70_15_15"}, {"split": "80_20"}, {"fold": seed % 5, "folds": 5}):
             assignment = assign_splits(labels, hashes, seed=seed, **kwargs)
             assert assignment[a] == assignment[b]
+
+
+def test_decoded_images_are_kept_for_the_next_job_until_a_file_changes(fixture_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(fixture_root / "neu-cls", root)
+    index = build_index(root)
+    first, hashes = load_images(index, 1, 32)
+    again, _ = load_images(index, 1, 32)
+    assert again is first  # a multirun's next job decodes nothing
+    changed = root / index.samples[0].path
+    Image.fromarray(np.full((48, 48), 7, np.uint8)).save(changed)
+    os.utime(changed, ns=(changed.stat().st_mtime_ns + 10**9,) * 2)
+    redone, new_hashes = load_images(index, 1, 32)
+    assert redone is not first and (redone[0] == 7).all() and new_hashes[0] != hashes[0]
+    assert (redone[1:] == first[1:]).all()
