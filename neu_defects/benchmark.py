@@ -1,6 +1,7 @@
 """``python -m neu_defects.benchmark``: how fast the framework trains and infers on this machine.
 
-See ``neu_defects.workflows.benchmark`` for what is timed."""
+See ``neu_defects.workflows.benchmark`` for what is timed.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``python -m neu_defects.cam_study ckpt_path=PATH``: which CAM method and layer localise defects best.
 
 Every method x target layer x smoothing, scored against the NEU-DET boxes; see
-``neu_defects.workflows.cam_study``."""
+``neu_defects.workflows.cam_study``.
+"""
 
 from __future__ import annotations
 

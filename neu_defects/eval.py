@@ -1,7 +1,8 @@
 """``python -m neu_defects.eval ckpt_path=PATH [task=classifier|anomaly] [corruption=NAME severity=1..5]``.
 
 Tests a checkpoint on the split of the run that wrote it and writes the same reports as training;
-``study=robustness`` sweeps every corruption and severity. See ``neu_defects.workflows.evaluate``."""
+``study=robustness`` sweeps every corruption and severity. See ``neu_defects.workflows.evaluate``.
+"""
 
 from __future__ import annotations
 

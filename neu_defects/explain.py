@@ -1,6 +1,7 @@
 """``python -m neu_defects.explain ckpt_path=PATH input=IMAGE_OR_DIR_OR_GLOB [method=…]``: CAMs for any images.
 
-See ``neu_defects.workflows.explain`` for what the run directory gets."""
+See ``neu_defects.workflows.explain`` for what the run directory gets.
+"""
 
 from __future__ import annotations
 

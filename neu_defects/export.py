@@ -1,7 +1,8 @@
 """``python -m neu_defects.export ckpt_path=PATH [output=model.onnx] [quantize=int8]``: a classifier to ONNX.
 
 Nothing is written unless ONNX Runtime matches PyTorch on real test images. See
-``neu_defects.workflows.export``."""
+``neu_defects.workflows.export``.
+"""
 
 from __future__ import annotations
 

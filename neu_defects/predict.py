@@ -1,6 +1,7 @@
 """``python -m neu_defects.predict ckpt_path=PATH input=IMAGE_OR_DIR_OR_GLOB output=preds.csv [backend=onnx|torch]``.
 
-PATH is a checkpoint or an exported ``.onnx``; see ``neu_defects.workflows.predict``."""
+PATH is a checkpoint or an exported ``.onnx``; see ``neu_defects.workflows.predict``.
+"""
 
 from __future__ import annotations
 

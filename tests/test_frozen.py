@@ -30,6 +30,7 @@ def batch(n: int = 5) -> torch.Tensor:
 
 
 def test_onnxruntime_matches_eager_for_any_batch_size_and_exports_once(tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
     net = TwoOutputs().eval()
     runner = FrozenRunner(Method(net, "features"), "tiny", cache_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="neu_defects"):
@@ -50,6 +51,7 @@ def test_onnxruntime_matches_eager_for_any_batch_size_and_exports_once(tmp_path,
 
 
 def test_a_parity_failure_falls_back_to_channels_last_eager(tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
     net = TwoOutputs().eval()
     runner = FrozenRunner(Method(net, "features"), "tiny", tolerance=-1.0, cache_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="neu_defects"):

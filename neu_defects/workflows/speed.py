@@ -61,7 +61,9 @@ def embedding(settings: DictConfig, bench: DictConfig, run_dir: Path) -> dict[st
     datamodule.setup("fit")
     images, _ = split_arrays(datamodule, "val", settings.images)
     net = model.net.eval()
-    nchw, last = copy.deepcopy(net), copy.deepcopy(net).to(memory_format=torch.channels_last)
+    # Copies in each layout: the model config may already have put the net in channels-last.
+    nchw = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    last = copy.deepcopy(net).to(memory_format=torch.channels_last)
     runner = FrozenRunner(Method(copy.deepcopy(net), "embed"), "benchmark-embed", "onnxruntime",
                           weights=net.backbone)
     start = time.perf_counter()
