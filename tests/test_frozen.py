@@ -79,3 +79,12 @@ def test_eager_backend_never_exports_and_bad_backends_are_named(tmp_path):
     assert not runner.uses_onnxruntime and list(tmp_path.iterdir()) == []
     with pytest.raises(UserError, match="embed_backend=tensorrt is not a backend: use one of auto, onnxruntime"):
         FrozenRunner(nn.Identity(), "x", "tensorrt")
+
+
+def test_the_runner_leaves_every_submodule_in_its_own_mode(tmp_path):
+    net = TwoOutputs()
+    net.train()
+    net.conv.eval()  # a frozen part inside a module that trains, as a TransferModule's backbone and head
+    for backend in ("eager", "auto"):
+        FrozenRunner(Method(net, "features"), "tiny", backend, cache_dir=tmp_path)(batch())
+        assert net.training and net.head.training and not net.conv.training

@@ -62,6 +62,19 @@ class Method(nn.Module):
         return getattr(self.owner, self.method)(x)
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """The module in eval mode for the block, every submodule's own mode back after it: a runner
+    wraps part of a module that may be training (a TransferModule's head, with its dropout)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
@@ -69,7 +82,8 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 class FrozenRunner:
     """``module`` maps an image batch to one tensor or a tuple. ``name`` says what it computes and,
     with the hash of ``weights`` (the part of the module whose parameters decide the output, when it
-    holds more) and the input shape, keys the export on disk."""
+    holds more) and the input shape, keys the export on disk. The weights are read at the first
+    call of each input shape: a runner serves a module whose weights stay as they are."""
 
     def __init__(self, module: nn.Module, name: str, backend: str = "auto", weights: nn.Module | None = None,
                  tolerance: float = 1e-4, cache_dir: str | Path | None = None):
@@ -89,8 +103,8 @@ class FrozenRunner:
 
     @torch.no_grad()
     def eager(self, x: torch.Tensor):
-        self.module.eval()
-        return self.module(to_channels_last(x))
+        with evaluating(self.module):
+            return self.module(to_channels_last(x))
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor):
@@ -157,12 +171,11 @@ class FrozenRunner:
             return path
         buffer = io.BytesIO()
         example = x[:2].detach().cpu().float().contiguous()
-        self.module.eval()
-        example_out = self.module(example)
+        example_out = self.eager(example)
         outputs = len(example_out) if isinstance(example_out, tuple | list) else 1
         # The TorchScript exporter: 3 s for Lite0 where the dynamo exporter took 30 s (same graph and
         # parity), which a run that embeds for 20 s would not win back.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), evaluating(self.module):
             warnings.simplefilter("ignore")
             names = [f"output{i}" for i in range(outputs)]
             torch.onnx.export(self.module, (example,), buffer, input_names=["input"], output_names=names,
