@@ -34,7 +34,9 @@ def test_neu_layouts_are_detected_with_neu_class_order(fixture_root, layout):
 def test_neu_det_keeps_voc_boxes(fixture_root):
     index = build_index(fixture_root / "neu-det")
     assert index.has_boxes
-    assert all(s.boxes == ((4, 4, 24, 30),) for s in index.samples if s.path != "IMAGES/patches_99.jpg")
+    # VOC's 1-based inclusive 4..24 is the continuous span [3, 24]; each box keeps its class.
+    assert all(s.boxes == ((3.0, 3.0, 24.0, 30.0),) and s.box_labels == (s.label,)
+               for s in index.samples if s.path != "IMAGES/patches_99.jpg")
 
 
 def test_class_folders_take_any_names(fixture_root):
@@ -157,7 +159,10 @@ def test_real_neu_index(neu_root):
     assert index.class_names == list(NEU_CLASSES)
     assert collections.Counter(s.label for s in index.samples) == dict.fromkeys(range(6), 300)
     boxes = [b for s in index.samples for b in s.boxes]
-    assert len(boxes) >= 1800
+    assert len(boxes) == sum(len(s.box_labels) for s in index.samples) == 4189
+    # Boxes carry their own class: 71 scratches images hold inclusion boxes, for instance.
+    assert sum(index.class_names[b] == "inclusion" for s in index.samples for b in s.box_labels
+               if index.class_names[s.label] == "scratches") == 71
     assert all(0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 200 for x0, y0, x1, y1 in boxes)
 
 

@@ -7,12 +7,12 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from neu_defects.data import build_index
+from neu_defects.data.io import original_size
 from neu_defects.saliency.localisation import (
     LocalisationTally,
     box_mask,
     energy_in_box,
     localisation_scores,
-    original_size,
     pointing_game,
     scale_boxes,
     threshold_iou,
@@ -38,12 +38,13 @@ def peak_map(row: int, col: int) -> np.ndarray:
 
 
 def test_box_scaling_follows_the_resize():
-    assert scale_boxes([(1, 1, 200, 200)], (200, 200), (64, 64)) == [(0.0, 0.0, 64.0, 64.0)]
-    assert box_mask([(1, 1, 200, 200)], (200, 200), (64, 64)).all()
-    quarter = box_mask([(1, 1, 100, 100)], (200, 200), (64, 64))
+    # Boxes are the index's 0-based continuous (x1, y1, x2, y2): a VOC 1..200 box is 0..200.
+    assert scale_boxes([(0, 0, 200, 200)], (200, 200), (64, 64)) == [(0.0, 0.0, 64.0, 64.0)]
+    assert box_mask([(0, 0, 200, 200)], (200, 200), (64, 64)).all()
+    quarter = box_mask([(0, 0, 100, 100)], (200, 200), (64, 64))
     assert quarter[:32, :32].all() and quarter.sum() == 32 * 32
     # The union of overlapping boxes is counted once.
-    assert box_mask([(1, 1, 100, 100), (51, 51, 100, 100)], (200, 200), (64, 64)).sum() == 32 * 32
+    assert box_mask([(0, 0, 100, 100), (50, 50, 100, 100)], (200, 200), (64, 64)).sum() == 32 * 32
 
 
 @pytest.mark.real_data

@@ -17,7 +17,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from neu_defects.data.cache import load_images
 from neu_defects.data.dataset import ArrayDataset, EpochShuffleSampler
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class NEUDataModule(LightningDataModule):
+    # How a loader batches items (None: torch's default stacking).
+    collate_fn: Callable | None = None
+
     def __init__(
         self,
         root: str | None = None,
@@ -101,12 +104,9 @@ class NEUDataModule(LightningDataModule):
                                           class_names=index.class_names)
         if self.output_dir:
             write_split_csv(Path(self.output_dir) / "split.csv", index, self.assignment)
-        plain = build_transform(self.mean, self.std)
         for name in SPLITS:
             idx, targets = self.members(name, labels)
-            train = name == "train"
-            transform = build_transform(self.mean, self.std, self.augment) if train else plain
-            self.datasets[name] = ArrayDataset(images[idx], targets, transform, self.seed if train else None)
+            self.datasets[name] = self.make_dataset(name, images[idx], idx, targets)
             self.dataset_indices[name] = idx
         counts = {name: len(ds) for name, ds in self.datasets.items()}
         how = "from " + str(self.split_file) if self.split_file else (
@@ -114,6 +114,12 @@ class NEUDataModule(LightningDataModule):
         if self.samples_per_class not in (None, "all"):
             how += f", {self.samples_per_class} training images per class"
         log.info("split %s: %s", how, counts)
+
+    def make_dataset(self, name: str, images: np.ndarray, positions: np.ndarray, targets: np.ndarray) -> Dataset:
+        """The dataset of split ``name``: its decoded images, their index positions and targets."""
+        train = name == "train"
+        transform = build_transform(self.mean, self.std, self.augment if train else None)
+        return ArrayDataset(images, targets, transform, self.seed if train else None)
 
     def _loader(self, name: str) -> DataLoader:
         dataset = self.datasets[name]
@@ -125,6 +131,7 @@ class NEUDataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=False,
             drop_last=False,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -44,6 +44,15 @@ def decode_image(path: str | Path, channels: int) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
+def original_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"cannot read the size of image {path} ({err}): replace or remove the file") from err
+
+
 def resize(array: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W, C) uint8 array to size x size with Pillow's anti-aliased bilinear filter."""
     if array.shape[0] == size and array.shape[1] == size:

@@ -8,13 +8,14 @@ exported ONNX model in ONNX Runtime, whose metadata carries the same spec.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from neu_defects.core.checkpoint import load_module
+from neu_defects.core.checkpoint import RECORD, load_module, read_checkpoint
 from neu_defects.core.errors import UserError
 from neu_defects.data.io import decode_image, resize
 from neu_defects.data.transforms import build_transform
@@ -30,8 +31,11 @@ class Preprocessor:
         self.transform = build_transform(spec["mean"], spec["std"])
 
     def __call__(self, path: str | Path) -> np.ndarray:
-        array = resize(decode_image(path, self.channels), self.size)
-        return self.transform(image=array)["image"].numpy()
+        return self.prepare(decode_image(path, self.channels))
+
+    def prepare(self, array: np.ndarray) -> np.ndarray:
+        """A decoded (H, W, C) uint8 image -> the model's input."""
+        return self.transform(image=resize(array, self.size))["image"].numpy()
 
 
 class TorchBackend:
@@ -59,6 +63,28 @@ class OnnxBackend:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def model_task(path: str | Path) -> str:
+    """The task ("classifier", "anomaly", "detector") of a checkpoint or an exported ``.onnx``."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        from neu_defects.deploy.onnx_io import METADATA_KEY
+
+        if not path.is_file():
+            raise UserError(f"ONNX model {path} does not exist: pass the output of python -m neu_defects.export")
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as err:  # protobuf's DecodeError and onnx's own types for a foreign file
+            raise UserError(f"{path} cannot be read as ONNX ({str(err).splitlines()[0]}): "
+                            "export it again with python -m neu_defects.export") from err
+        if METADATA_KEY not in meta:
+            raise UserError(f"ONNX model {path} has no '{METADATA_KEY}' metadata: export it with "
+                            "python -m neu_defects.export")
+        return json.loads(meta[METADATA_KEY]).get("task", "classifier")
+    return read_checkpoint(path)[RECORD].get("task", "classifier")
 
 
 def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend | OnnxBackend:

@@ -23,8 +23,9 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from neu_defects.data.io import original_size
 from neu_defects.saliency.cam import CAMExplainer, check_method
-from neu_defects.saliency.localisation import LocalisationTally, box_mask, original_size, scale_boxes
+from neu_defects.saliency.localisation import LocalisationTally, box_mask, scale_boxes
 from neu_defects.saliency.plots import plot_localisation
 from neu_defects.saliency.render import Tile, render_tiles
 from neu_defects.saliency.settings import resolve_setting

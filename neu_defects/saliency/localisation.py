@@ -1,8 +1,8 @@
 """How well a saliency map localises annotated defects: pointing game, energy in box, IoU.
 
-Boxes are Pascal-VOC ``(xmin, ymin, xmax, ymax)`` in the original image's pixel frame, 1-based and
-inclusive, so a box covers the continuous span ``[xmin - 1, xmax]``; ``box_mask`` rasterises the
-union of an image's boxes onto the map grid (the resized model input). Every score is defined so
+Boxes are the index's ``(x1, y1, x2, y2)``, 0-based continuous coordinates in the original image's
+pixel frame (``neu_defects.data.annotations``: a VOC box ``xmin..xmax`` is ``[xmin - 1, xmax]``);
+``box_mask`` rasterises the union of an image's boxes onto the map grid (the resized model input). Every score is defined so
 that a uniform map scores the box coverage (the share of the image inside boxes): that is the
 chance level, and it is also what a point drawn uniformly at random scores in the pointing game.
 """
@@ -11,30 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from neu_defects.core.errors import UserError
+from neu_defects.data.annotations import Box
 
-Box = tuple[float, float, float, float]
 SCORES = ("pointing_game", "energy_in_box", "iou")
 
 
-def original_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"cannot read the size of image {path} ({err}): replace or remove the file") from err
-
-
 def scale_boxes(boxes: Sequence[Box], original: tuple[int, int], size: tuple[int, int]) -> list[Box]:
-    """VOC boxes in the original (width, height) frame -> 0-based continuous boxes in a (width, height) frame."""
+    """Boxes in the original (width, height) frame -> the same boxes in a (width, height) frame."""
     sx, sy = size[0] / original[0], size[1] / original[1]
-    return [((x0 - 1) * sx, (y0 - 1) * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
+    return [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
 
 
 def box_mask(boxes: Sequence[Box], original: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:

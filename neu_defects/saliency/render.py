@@ -30,12 +30,14 @@ def overlay(image: np.ndarray, cam_map: np.ndarray, image_weight: float = 0.5) -
 
 @dataclass
 class Tile:
-    """One panel of a grid: the image beside its overlay, a caption, and boxes in image pixels."""
+    """One panel of a grid: the image beside its overlay, a caption, and boxes in image pixels:
+    ``boxes`` (the annotation, white) and ``predicted`` (red), drawn on the overlay."""
 
     image: np.ndarray
     cam_map: np.ndarray
     caption: str
     boxes: Sequence[tuple[float, float, float, float]] = ()
+    predicted: Sequence[tuple[float, float, float, float]] = ()
 
 
 
@@ -74,10 +76,13 @@ def render_tiles(tiles: Sequence[Tile], path: str | Path, title: str, columns: i
             canvas.paste(Image.fromarray(pixels).resize((panel, panel), Image.Resampling.BILINEAR),
                          (x0 + offset, y_img))
         sx, sy = panel / rgb.shape[1], panel / rgb.shape[0]
-        for bx0, by0, bx1, by1 in tile.boxes:
-            left = x0 + panel + gap
-            draw.rectangle((left + bx0 * sx, y_img + by0 * sy, left + bx1 * sx - 1, y_img + by1 * sy - 1),
-                           outline="white", width=1)
+        left = x0 + panel + gap
+        for boxes, colour in ((tile.boxes, "white"), (tile.predicted, (230, 0, 0))):
+            for bx0, by0, bx1, by1 in boxes:
+                # The far edge is the last pixel inside; a box under one panel pixel is drawn one pixel wide.
+                x_a, y_a = left + bx0 * sx, y_img + by0 * sy
+                draw.rectangle((x_a, y_a, max(x_a, left + bx1 * sx - 1), max(y_a, y_img + by1 * sy - 1)),
+                               outline=colour, width=1)
     pixels = np.asarray(canvas)
     save_png(pixels, path)
     return pixels

@@ -69,6 +69,14 @@ def default_split_file(ckpt_path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+# The data module a checkpoint of each task is tested on, beside the data config's settings.
+TASK_DATA = {
+    "anomaly": lambda model: {"_target_": "neu_defects.data.oneclass.OneClassDataModule",
+                              "normal_classes": model.normal_classes},
+    "detector": lambda model: {"_target_": "neu_defects.data.detection.DetectionDataModule"},
+}
+
+
 def checkpoint_datamodule(cfg: DictConfig, model, ckpt_path: Path, needs_boxes: bool = False):
     """The unaugmented data module, fed as ``model`` wants, on the split its training run used:
     ``data.split_file``, else the training run's split.csv, else made anew from the data config."""
@@ -83,8 +91,7 @@ def checkpoint_datamodule(cfg: DictConfig, model, ckpt_path: Path, needs_boxes: 
         if not cfg.data.split_file and (split_file := default_split_file(ckpt_path)):
             log.info("using the training run's split %s", split_file)
             cfg.data.split_file = str(split_file)
-    task_data = ({"_target_": "neu_defects.data.oneclass.OneClassDataModule", "normal_classes": model.normal_classes}
-                 if model.task == "anomaly" else {})
+    task_data = TASK_DATA.get(model.task, lambda m: {})(model)
     corruption = build_corruption(cfg.get("corruption"), cfg.get("severity"), cfg.seed)
     if corruption is not None:
         log.info("testing on corrupted images: %s", corruption)

@@ -22,10 +22,11 @@ from omegaconf import DictConfig, ListConfig
 from neu_defects.core.cli import log, quiet_libraries
 from neu_defects.core.errors import UserError
 from neu_defects.core.io import write_text
+from neu_defects.data.io import original_size
 from neu_defects.reporting.tables import markdown_table, write_csv
 from neu_defects.saliency.cam import PROJECTIONS, cam_grid, check_method
 from neu_defects.saliency.layers import candidate_layers, resolve_layer, split_layers, trace_feature_maps
-from neu_defects.saliency.localisation import SCORES, LocalisationTally, box_mask, original_size
+from neu_defects.saliency.localisation import SCORES, LocalisationTally, box_mask
 from neu_defects.saliency.plots import plot_localisation
 from neu_defects.workflows.builders import load_checkpoint_and_data
 

@@ -10,7 +10,8 @@ Measured in one run, so every ratio compares figures taken under the same machin
 - ``training``: the plain training loop's steps eager NCHW against channels-last for each model,
   with the data pipeline alone beside them;
 - ``time_to_accuracy``: whole training runs (fit, then test), their wall seconds and whether test
-  accuracy reached the target.
+  accuracy reached the target;
+- ``detector_latency``: a detector's batch-1 latency, eager and ONNX Runtime (``detector_speed.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose
 from omegaconf import DictConfig
 
 from neu_defects.core.cli import log
@@ -30,14 +30,9 @@ from neu_defects.deploy.backends import split_arrays
 from neu_defects.deploy.onnx_io import ort_session
 from neu_defects.models.frozen import FrozenRunner, Method, to_channels_last
 from neu_defects.workflows.builders import build_model_and_data
-from neu_defects.workflows.timing import data_round, median_rate, plain_round
+from neu_defects.workflows.detector_speed import detector_latency, detector_markdown
+from neu_defects.workflows.timing import data_round, median_rate, plain_round, train_config
 from neu_defects.workflows.train import train
-
-
-def train_config(overrides: list[str], bench: DictConfig, run_dir: Path) -> DictConfig:
-    extra = [f"seed={bench.seed}", f"paths.output_dir={run_dir}", "callbacks.progress_bar=null"]
-    return compose(config_name="train", overrides=[*overrides, *extra,
-                                                   *([f"data.root={bench.data_root}"] if bench.data_root else [])])
 
 
 def rate(run, images: int, repeats: int) -> float:
@@ -196,11 +191,13 @@ def speed_markdown(speed: dict[str, Any]) -> list[str]:
                   "| run | overrides | test/acc | fit s | wall s |", "|---|---|---|---|---|"]
         lines += [f"| {name} | `{' '.join(r['overrides'])}` | {r['test_acc']:.4f} | {r['fit_seconds']:.0f} | "
                   f"{r['wall_seconds']:.0f} |" for name, r in speed["time_to_accuracy"].items()]
+    if "detector_latency" in speed:
+        lines += detector_markdown(speed["detector_latency"])
     return lines
 
 
 SECTIONS = {"embedding": embedding, "cache_build": cache_build, "training": training,
-            "time_to_accuracy": time_to_accuracy}
+            "time_to_accuracy": time_to_accuracy, "detector_latency": detector_latency}
 
 
 def benchmark_speed(bench: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra import compose
 from lightning import Callback
 from omegaconf import DictConfig
 
@@ -97,3 +99,9 @@ def latency_ms(run: Callable[[], Any], warmup: int, runs: int) -> dict[str, floa
         run()
         times.append(1000 * (time.perf_counter() - start))
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+
+
+def train_config(overrides: list[str], bench: DictConfig, run_dir: Path) -> DictConfig:
+    extra = [f"seed={bench.seed}", f"paths.output_dir={run_dir}", "callbacks.progress_bar=null"]
+    return compose(config_name="train", overrides=[*overrides, *extra,
+                                                   *([f"data.root={bench.data_root}"] if bench.data_root else [])])

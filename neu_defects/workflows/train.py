@@ -19,6 +19,7 @@ from neu_defects.core.errors import Interrupted
 from neu_defects.core.io import write_json
 from neu_defects.reporting.anomaly import write_anomaly_outputs
 from neu_defects.reporting.classification import plot_training_curves, write_classification_outputs
+from neu_defects.reporting.detection import write_detection_outputs
 from neu_defects.workflows.builders import (
     build_model_and_data,
     build_trainer,
@@ -31,6 +32,8 @@ def write_test_reports(model, datamodule, run_dir: Path) -> None:
     """The task's own report files for the test split just run."""
     if model.task == "anomaly":
         write_anomaly_outputs(run_dir, model, datamodule)
+    elif model.task == "detector":
+        write_detection_outputs(run_dir, model, datamodule)
     else:
         probs, targets = model.test_predictions()
         write_classification_outputs(run_dir, probs, targets, datamodule.index.class_names)
