@@ -2,7 +2,9 @@
 
 The backbone is any timm model with ``forward_intermediates``; three of its feature stages feed a
 feature pyramid, whose levels feed the detection head. Labels at this boundary are class ids
-``0..K-1``; torchvision's heads reserve 0 for the background, so they see ``1..K``.
+``0..K-1``. FCOS and RetinaNet score each class with its own sigmoid, background being no class
+at all, so they take these ids as they are; Faster R-CNN's softmax reserves 0 for the background
+and sees ``1..K``.
 
 Images go in as float ``[0, 1]`` tensors at their own size; the detector's transform resizes them
 to ``image_size`` and normalises them with the backbone's ImageNet statistics, and boxes come back
@@ -140,6 +142,9 @@ class DefectDetector(nn.Module):
         if arch not in ARCHITECTURES:
             raise UserError(f"model.net.arch={arch!r} is not a detector: use one of {', '.join(ARCHITECTURES)}")
         self.arch, self.num_classes, self.image_size = arch, num_classes, image_size
+        # A sigmoid head given a background slot would score it like a class and return it as one.
+        self.label_offset = 1 if arch == "faster_rcnn" else 0
+        outputs = num_classes + self.label_offset
         self.in_chans = 3
         self.backbone = PyramidBackbone(backbone, stages, trainable_stages, fpn_channels,
                                         "maxpool" if arch == "faster_rcnn" else "p6p7", pretrained, weights)
@@ -158,26 +163,26 @@ class DefectDetector(nn.Module):
                   "image_std": list(self.std), "detections_per_img": detections_per_img,
                   **(head_options or {})}
         if arch == "fcos":
-            head = FCOSHead(fpn_channels, 1, num_classes + 1, num_convs=head_convs)
-            self.model = FCOS(self.backbone, num_classes + 1, score_thresh=score_thresh, nms_thresh=nms_thresh,
+            head = FCOSHead(fpn_channels, 1, outputs, num_convs=head_convs)
+            self.model = FCOS(self.backbone, outputs, score_thresh=score_thresh, nms_thresh=nms_thresh,
                               anchor_generator=_anchors(levels, anchor_sizes, [1.0], [1.0]), head=head, **common)
         elif arch == "retinanet":
             anchors = _anchors(levels, anchor_sizes, anchor_ratios, (1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
-            head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1,
+            head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], outputs,
                                  norm_layer=partial(nn.GroupNorm, 16))
-            self.model = RetinaNet(self.backbone, num_classes + 1, anchor_generator=anchors, head=head,
+            self.model = RetinaNet(self.backbone, outputs, anchor_generator=anchors, head=head,
                                    score_thresh=score_thresh, nms_thresh=nms_thresh, **common)
         else:
-            self.model = FasterRCNN(self.backbone, num_classes + 1,
+            self.model = FasterRCNN(self.backbone, outputs,
                                     rpn_anchor_generator=_anchors(levels, anchor_sizes, anchor_ratios, [1.0]),
                                     box_score_thresh=score_thresh, box_nms_thresh=nms_thresh,
                                     **{("box_" + k if k == "detections_per_img" else k): v
                                        for k, v in common.items()})
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
-        if targets is not None:
-            targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+        if targets is not None and self.label_offset:
+            targets = [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
         out = self.model(images, targets)
-        if self.training:
+        if self.training or not self.label_offset:
             return out
-        return [{**d, "labels": d["labels"] - 1} for d in out]
+        return [{**d, "labels": d["labels"] - self.label_offset} for d in out]
