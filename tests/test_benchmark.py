@@ -24,6 +24,8 @@ def test_speed_section_measures_every_backend_layout_and_run(fixture_root, tmp_p
         "speed.time_to_accuracy.runs.lite0_frozen=null", "speed.time_to_accuracy.runs.lite0_frozen_eager=null",
         "speed.time_to_accuracy.runs.seed000_cnn=['experiment=seed000_cnn','trainer.max_epochs=1',"
         "'model.image_size=32','callbacks.gradcam=null']",
+        "speed.detector_latency.overrides=['experiment=detection','model.image_size=64']",
+        "speed.detector_latency.warmup=1", "speed.detector_latency.runs=3",
     ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -40,5 +42,8 @@ def test_speed_section_measures_every_backend_layout_and_run(fixture_root, tmp_p
     assert 0 <= run["test_acc"] <= 1 and run["reached"] == (run["test_acc"] >= 0.99)
     bars = {b["bar"] for b in report["bars"]}
     assert "cache build / plain ONNX Runtime >= 0.8" in bars and "data / training >= 3.0" in bars
+    detector = speed["detector_latency"]
+    assert all(detector["latency"][k]["median_ms"] > 0 for k in ("torch eager", "ORT fp32"))
+    assert detector["parity"]["count_mismatches"] == detector["parity"]["label_mismatches"] == 0
     text = (tmp_path / "benchmark.md").read_text()
-    assert "## Frozen embedding" in text and "## Time to accuracy" in text
+    assert "## Frozen embedding" in text and "## Time to accuracy" in text and "## Detector latency" in text

@@ -87,21 +87,29 @@ def model_task(path: str | Path) -> str:
     return read_checkpoint(path)[RECORD].get("task", "classifier")
 
 
-def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend | OnnxBackend:
-    """The model at ``path`` (a checkpoint or an exported ``.onnx``) in ``backend`` (default: the file's own).
-
-    A checkpoint asked for ``backend=onnx`` is converted in memory, as ``neu_defects.export`` would.
-    """
-    path = Path(path)
+def choose_backend(path: Path, backend: str | None) -> str:
+    """``torch`` or ``onnx``: the one asked for, else the file's own (an ``.onnx`` runs only in ONNX Runtime)."""
     if backend not in (None, *BACKENDS):
         raise UserError(f"backend={backend} is not a backend: use one of {', '.join(BACKENDS)}")
     if path.suffix.lower() == ".onnx":
         if backend == "torch":
             raise UserError(f"{path} is an ONNX model, which runs with backend=onnx only: pass the checkpoint "
                             "it was exported from for backend=torch")
+        return "onnx"
+    return backend or "torch"
+
+
+def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend | OnnxBackend:
+    """The model at ``path`` (a checkpoint or an exported ``.onnx``) in ``backend`` (default: the file's own).
+
+    A checkpoint asked for ``backend=onnx`` is converted in memory, as ``neu_defects.export`` would.
+    """
+    path = Path(path)
+    chosen = choose_backend(path, backend)
+    if path.suffix.lower() == ".onnx":
         return OnnxBackend(path, path)
     module = load_module(path, task="classifier")
-    if backend == "onnx":
+    if chosen == "onnx":
         from neu_defects.deploy.onnx_io import to_onnx
 
         return OnnxBackend(to_onnx(module), path)

@@ -23,6 +23,7 @@ import torch
 
 from neu_defects.core.checkpoint import load_module
 from neu_defects.core.errors import UserError
+from neu_defects.deploy.backends import choose_backend
 
 OUTPUTS = ("boxes", "scores", "labels")
 OPSET = 17
@@ -84,13 +85,11 @@ class OnnxDetector:
 def open_detector(path: str | Path, backend: str | None = None) -> TorchDetector | OnnxDetector:
     """The detector at ``path`` (checkpoint or ``.onnx``) in ``backend`` (default: the file's own)."""
     path = Path(path)
+    chosen = choose_backend(path, backend)
     if path.suffix.lower() == ".onnx":
-        if backend == "torch":
-            raise UserError(f"{path} is an ONNX model, which runs with backend=onnx only: pass the checkpoint "
-                            "it was exported from for backend=torch")
         return OnnxDetector(path, path)
     module = load_module(path, task="detector")
-    return OnnxDetector(detector_to_onnx(module), path) if backend == "onnx" else TorchDetector(module)
+    return OnnxDetector(detector_to_onnx(module), path) if chosen == "onnx" else TorchDetector(module)
 
 
 def _pair(ref: Detection, cand: Detection) -> tuple[int, float]:

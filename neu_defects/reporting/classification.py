@@ -49,19 +49,25 @@ def read_confusion_csv(path) -> tuple[np.ndarray, list[str]]:
     return np.array([[int(v) for v in row[1:]] for row in rows[1:]], dtype=np.int64), rows[0][1:]
 
 
-def plot_confusion_counts(path, cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+def plot_counts(path, cm: np.ndarray, names: Sequence[str], title: str, xlabel: str = "predicted",
+                ylabel: str = "true", size: tuple[float, float] = (6.5, 5.5)) -> Path:
+    """A matrix of counts, annotated cell by cell: rows ``ylabel``, columns ``xlabel``."""
+    fig, ax = plt.subplots(figsize=size)
     im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     for i, j in np.ndindex(cm.shape):
         ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    acc = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"{title or 'confusion matrix'}: accuracy {acc:.4f} on {cm.sum()} images")
+    ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, path)
+
+
+def plot_confusion_counts(path, cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Path:
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    return plot_counts(path, cm, class_names, f"{title or 'confusion matrix'}: accuracy {acc:.4f} on {cm.sum()} images")
 
 
 def plot_roc_ovr(path, probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str]) -> Path:

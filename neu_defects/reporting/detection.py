@@ -22,6 +22,7 @@ from torchvision.ops import box_iou
 
 from neu_defects.core.figures import save_figure
 from neu_defects.models.detection_metrics import pr_at_50
+from neu_defects.reporting.classification import plot_counts
 from neu_defects.reporting.tables import write_csv
 from neu_defects.saliency.render import save_png, to_rgb
 
@@ -154,19 +155,11 @@ def confusion_table(cm: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
 
 def plot_detection_confusion(path, cm: np.ndarray, class_names: Sequence[str], iou_threshold: float,
                              score_threshold: float) -> Path:
-    names = [*class_names, BACKGROUND]
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted class (background: a ground-truth box no detection matched)")
-    ax.set_ylabel("true class (background: a detection that matched no box)")
-    for i, j in np.ndindex(cm.shape):
-        ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_title(f"boxes at IoU >= {iou_threshold:g}, score >= {score_threshold:g}: {cm[:-1].sum()} ground truth, "
-                 f"{cm[:, :-1].sum()} detections", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return save_figure(fig, path)
+    title = (f"boxes at IoU >= {iou_threshold:g}, score >= {score_threshold:g}: {cm[:-1].sum()} ground truth, "
+             f"{cm[:, :-1].sum()} detections")
+    return plot_counts(path, cm, [*class_names, BACKGROUND], title, size=(7, 6),
+                       xlabel="predicted class (background: a ground-truth box no detection matched)",
+                       ylabel="true class (background: a detection that matched no box)")
 
 
 def _draw_boxes(draw: ImageDraw.ImageDraw, origin: tuple[int, int], scale: float, boxes: torch.Tensor,
