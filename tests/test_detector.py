@@ -63,7 +63,13 @@ def test_trainable_stages_freeze_the_shallow_blocks_and_their_statistics():
     # Five feature stages end at blocks 0, 1, 2, 4, 6: two trained stages are blocks 3..6.
     assert not any(p.requires_grad for p in body.conv_stem.parameters())
     assert [any(p.requires_grad for p in b.parameters()) for b in body.blocks] == [False] * 3 + [True] * 4
-    assert not body.blocks[2].training and body.blocks[3].training and not body.bn1.training
+    # Frozen blocks keep ImageNet's batch-norm statistics: their norms stay in eval mode under train().
+    norms = [[m.training for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)] for b in body.blocks]
+    assert not any(norms[2]) and all(norms[3]) and not body.bn1.training
+    # Any timm backbone: a ResNet's stages end at act1, layer1 .. layer4.
+    resnet = DefectDetector("fcos", backbone="resnet18", pretrained=False, image_size=64, trainable_stages=2).train()
+    trained = {n.split(".")[0] for n, p in resnet.backbone.body.named_parameters() if p.requires_grad}
+    assert trained == {"layer3", "layer4"} and not resnet.backbone.body.layer2[1].bn2.training
 
 
 def test_bad_detector_settings_name_the_value():

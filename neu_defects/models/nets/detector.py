@@ -67,20 +67,23 @@ class PyramidBackbone(nn.Module):
         self.mean, self.std = channel_stats(data_config["mean"], 3), channel_stats(data_config["std"], 3)
 
     def _freeze(self, frozen_stages: int) -> list[nn.Module]:
-        """Freeze the stem and the blocks up to the end of feature stage ``frozen_stages - 1``."""
+        """Freeze every module up to the end of feature stage ``frozen_stages - 1``, in definition order.
+
+        timm names each stage's last module in ``feature_info`` (``blocks.2`` in an EfficientNet,
+        ``layer2`` in a ResNet); the walk stops at the first module past that one's subtree.
+        """
         if frozen_stages == 0:
             return []
-        last = self.body.feature_info[frozen_stages - 1]["module"]  # e.g. 'blocks.2'
+        last = self.body.feature_info[frozen_stages - 1]["module"]
         frozen: list[nn.Module] = []
-        for name, child in self.body.named_children():
-            if name != "blocks":
-                frozen.append(child)
-                continue
-            for index, block in enumerate(child):
-                frozen.append(block)
-                if f"blocks.{index}" == last:
-                    break
-            break
+        inside = False
+        for name, module in self.body.named_modules():
+            within = name == last or name.startswith(last + ".")
+            if inside and not within:
+                break
+            inside = inside or within
+            if name and list(module.parameters(recurse=False)) or not list(module.children()):
+                frozen.append(module)
         for module in frozen:
             module.requires_grad_(False)
         return frozen
