@@ -72,8 +72,9 @@ def fixture_root(tmp_path_factory) -> Path:
             image.convert("RGB").save(det / "IMAGES" / f"{cls}_{n}.jpg", quality=95)
             write_voc(det / "ANNOTATIONS" / f"{cls}_{n}.xml", f"{cls}_{n}.jpg", cls, (4, 4, 24, 30))
             image.save(cls_dir / f"{CLS_PREFIX[cls]}_{n}.bmp")
-    # An exact duplicate, like NEU's patches_101 / patches_105.
+    # An exact duplicate, like NEU's patches_101 / patches_105, annotated like its twin.
     (det / "IMAGES" / "patches_99.jpg").write_bytes((det / "IMAGES" / "patches_1.jpg").read_bytes())
+    write_voc(det / "ANNOTATIONS" / "patches_99.xml", "patches_99.jpg", "patches", (4, 4, 24, 30))
     for label, name in enumerate(("good", "dent", "scratch")):
         (folders / name).mkdir(parents=True)
         for n in range(PER_CLASS):
