@@ -126,5 +126,4 @@ class AnomalyModule(TaskModule):
     def configure_optimizers(self):
         if not self.net.trainable:
             return None
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-        return with_scheduler(optimizer, self.scheduler_factory)
+        return with_scheduler(self.build_optimizer(), self.scheduler_factory)

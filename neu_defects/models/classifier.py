@@ -101,8 +101,5 @@ class ClassifierModule(TaskModule):
         """(probabilities, targets) of the last test run over the whole test set, in test-loader order."""
         return torch.cat(self.test_probs), torch.cat(self.test_targets)
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-
     def configure_optimizers(self):
         return with_scheduler(self.build_optimizer(), self.scheduler_factory)

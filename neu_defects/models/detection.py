@@ -86,9 +86,6 @@ class DetectorModule(TaskModule):
         self.log_dict(summarize(self.test_result, self.class_names, "test"))
         self.test_map.reset()
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-
     def configure_optimizers(self):
         optimizer = self.build_optimizer()
         if self.scheduler_factory is None:

@@ -1,8 +1,9 @@
 """``TaskModule``: what every LightningModule here shares with the entry points.
 
 A task module has a ``net`` exposing ``in_chans``, ``mean`` and ``std``, an ``image_size``, its
-``class_names``, and the resolved config it was built from (``build_config``, set by the entry
-points); it writes them into its checkpoints so the checkpoint alone rebuilds it.
+``class_names``, the optimiser partial of its config (``optimizer_factory``), and the resolved
+config it was built from (``build_config``, set by the entry points); it writes them into its
+checkpoints so the checkpoint alone rebuilds it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class TaskModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RECORD] = {"task": self.task, "config": self.build_config,
                               "class_names": self.class_names, "input_spec": self.input_spec}
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The config's optimiser (``self.optimizer_factory``, a partial) over every trainable parameter."""
+        return self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
 
     def gather_in_loader_order(self, chunks: list[torch.Tensor], size: int) -> torch.Tensor:
         """Per-batch outputs of an eval loop over ``size`` items, from every process, in loader order.
