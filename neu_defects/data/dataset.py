@@ -23,11 +23,17 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        # i >= len: a repeat within the epoch (see EpochShuffleSampler): same image, its own augmentation.
+    def seeded_index(self, i: int) -> int:
+        """Seed item ``i``'s augmentation from (seed, epoch, i); return the image it reads.
+
+        i >= len: a repeat within the epoch (see EpochShuffleSampler): same image, its own augmentation.
+        """
         if self.seed is not None:
             self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
-        i %= len(self.images)
+        return i % len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        i = self.seeded_index(i)
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 

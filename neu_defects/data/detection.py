@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from neu_defects.core.errors import UserError
 from neu_defects.data.datamodule import NEUDataModule
+from neu_defects.data.dataset import ArrayDataset
 from neu_defects.data.io import original_size
 
 Target = dict[str, torch.Tensor]
@@ -43,25 +44,20 @@ def scaled(boxes: np.ndarray, original: tuple[int, int], size: tuple[int, int]) 
     return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * factors).astype(np.float32)
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(ArrayDataset):
     """(image tensor in [0, 1], {boxes, labels}) from cached images and their boxes in the image frame.
 
-    As ``ArrayDataset``, a training item's augmentation is seeded from (seed, epoch, index).
+    As ``ArrayDataset``, a training item's augmentation is seeded from (seed, epoch, index); its
+    ``labels`` are each image's box classes.
     """
 
     def __init__(self, images: np.ndarray, boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                  transform: A.Compose, seed: int | None = None):
-        self.images, self.boxes, self.labels, self.transform = images, list(boxes), list(labels), transform
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(images, list(labels), transform, seed)
+        self.boxes = list(boxes)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
-        if self.seed is not None:
-            self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
-        i %= len(self.images)
+        i = self.seeded_index(i)
         out = self.transform(image=self.images[i], bboxes=self.boxes[i], labels=self.labels[i])
         boxes = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
         return out["image"], {"boxes": boxes, "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64))}
