@@ -102,3 +102,47 @@ def compose_cfg(config_name: str, overrides: list[str], run_dir: Path):
         cfg = compose(config_name=config_name, overrides=[*overrides, f"paths.output_dir={run_dir}"])
     GlobalHydra.instance().clear()
     return cfg
+
+
+def texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A normal surface: fine horizontal stripes under sensor noise, as a float image."""
+    yy = np.mgrid[0:size, 0:size][0]
+    return 120 + 25 * np.sin(yy * 0.8) + rng.normal(0, 6, (size, size))
+
+
+def write_mvtec_category(root: Path, size: int, rgb: bool, seed: int) -> None:
+    """One MVTec AD category: 24 + 6 normal images, two defect types with masks, one without."""
+    rng = np.random.default_rng(seed)
+
+    def save(array: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+        (image.convert("RGB") if rgb else image).save(path)
+
+    for split, count in (("train", 24), ("test", 6)):
+        for n in range(count):
+            save(texture(rng, size), root / split / "good" / f"{n:03d}.png")
+    yy, xx = np.mgrid[0:size, 0:size]
+    for kind, count in (("scratch", 6), ("blob", 4), ("stain", 3)):
+        for n in range(count):
+            image = texture(rng, size)
+            if kind == "scratch":
+                col = int(rng.integers(size // 4, 3 * size // 4))
+                mask = (np.abs(xx - col) <= 1) & (yy > size // 5) & (yy < 4 * size // 5)
+                image[mask] = 250
+            else:
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= (size // 8) ** 2
+                image[mask] = 20 if kind == "blob" else 200
+            save(image, root / "test" / kind / f"{n:03d}.png")
+            if kind != "stain":  # a defect type without masks: scored by image only
+                save(mask.astype(np.uint8) * 255, root / "ground_truth" / kind / f"{n:03d}_mask.png")
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory) -> Path:
+    """An MVTec AD root with two categories: ``tiles`` (gray, 64 px) and ``carpet`` (RGB, 80 px)."""
+    root = tmp_path_factory.mktemp("mvtec")
+    write_mvtec_category(root / "tiles", 64, rgb=False, seed=0)
+    write_mvtec_category(root / "carpet", 80, rgb=True, seed=1)
+    return root

@@ -86,5 +86,6 @@ def load_module(path: str | Path, task: str | None = None):
     module = instantiate(record["config"])
     check_state_dict(module, checkpoint["state_dict"], path)
     module.load_state_dict(checkpoint["state_dict"])
+    module.restore_record(record)
     module.build_config = record["config"]
     return module.eval()

@@ -95,11 +95,7 @@ class NEUDataModule(LightningDataModule):
         index = self.prepare_index()
         images, hashes = load_images(index, self.in_chans, self.image_size, self.corruption)
         labels = np.array([s.label for s in index.samples], dtype=np.int64)
-        if self.split_file:
-            self.assignment = read_split_csv(self.split_file, index)
-        else:
-            self.assignment = assign_splits(labels, hashes, split=self.split, seed=self.seed,
-                                            val_fraction=self.val_fraction, fold=self.fold, folds=self.folds)
+        self.assignment = read_split_csv(self.split_file, index) if self.split_file else self.assign(labels, hashes)
         self.assignment = limit_per_class(self.assignment, labels, self.samples_per_class, seed=self.seed,
                                           class_names=index.class_names)
         if self.output_dir:
@@ -114,6 +110,11 @@ class NEUDataModule(LightningDataModule):
         if self.samples_per_class not in (None, "all"):
             how += f", {self.samples_per_class} training images per class"
         log.info("split %s: %s", how, counts)
+
+    def assign(self, labels: np.ndarray, hashes: list[str]) -> list[str | None]:
+        """Each indexed image's split, when no split file is given: stratified, duplicates together."""
+        return assign_splits(labels, hashes, split=self.split, seed=self.seed, val_fraction=self.val_fraction,
+                             fold=self.fold, folds=self.folds)
 
     def make_dataset(self, name: str, images: np.ndarray, positions: np.ndarray, targets: np.ndarray) -> Dataset:
         """The dataset of split ``name``: its decoded images, their index positions and targets."""

@@ -37,6 +37,20 @@ class ArrayDataset(Dataset):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 
+class MaskedArrayDataset(ArrayDataset):
+    """(image tensor, label, mask) triples: ``ArrayDataset`` with an (N, H, W) uint8 mask per image
+    (``data/masks.py``: 1 anomalous, 0 normal, UNKNOWN where the image has no mask). Unaugmented:
+    masks serve evaluation only, so they need not move with the pixels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose, masks: np.ndarray):
+        super().__init__(images, labels, transform)
+        self.masks = masks
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        x, y = super().__getitem__(i)
+        return x, y, torch.from_numpy(self.masks[i])
+
+
 def epoch_passes(size: int, min_samples: int = 0) -> int:
     """How many passes over ``size`` samples make an epoch of at least ``min_samples``."""
     return max(1, -(-int(min_samples or 0) // max(1, size)))

@@ -6,7 +6,10 @@ Five layouts are read, detected from what is on disk:
 - ``neu-cls``: flat ``Cr_1.bmp``, ``In_…``, ``Pa_…``, ``PS_…``, ``RS_…``, ``Sc_…`` files;
 - ``folders``: ``root/<class_name>/*.{bmp,jpg,png,…}`` with any classes;
 - ``voc``: ``JPEGImages/`` plus ``Annotations/*.xml``, classes from ``classes.txt`` or the XML names;
-- ``yolo``: ``images/`` plus ``labels/*.txt`` and a class list (``classes.txt`` or ``data.yaml``).
+- ``yolo``: ``images/`` plus ``labels/*.txt`` and a class list (``classes.txt`` or ``data.yaml``);
+- ``mvtec``: MVTec AD's ``train/good/``, ``test/good/``, ``test/<defect type>/`` and, optionally,
+  ``ground_truth/<defect type>/<name>_mask.png``; classes are ``good`` then the defect types. A root
+  holding several categories (``<root>/<category>/train/good``) needs ``category``.
 
 Boxes follow ``neu_defects.data.annotations``: 0-based continuous ``(x1, y1, x2, y2)`` in the
 original image's pixels, each with its own class (a NEU-DET scratches image can hold an inclusion
@@ -29,7 +32,9 @@ from neu_defects.data.io import IMAGE_EXTENSIONS, original_size
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 NEU_CLS_PREFIXES = {"cr": "crazing", "in": "inclusion", "pa": "patches", "ps": "pitted_surface",
                     "rs": "rolled-in_scale", "sc": "scratches"}
-LAYOUTS = ("auto", "neu-det", "neu-cls", "folders", "voc", "yolo")
+LAYOUTS = ("auto", "neu-det", "neu-cls", "folders", "voc", "yolo", "mvtec")
+MVTEC_NORMAL = "good"
+MASK_SUFFIX = "_mask"
 DOWNLOAD_HINT = ("download NEU-CLS or NEU-DET (see README, 'Dataset') and pass data.root=PATH "
                  "or set NEU_DATA_DIR")
 
@@ -37,15 +42,17 @@ DOWNLOAD_HINT = ("download NEU-CLS or NEU-DET (see README, 'Dataset') and pass d
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: its path relative to the index root, class id, and boxes with their class ids."""
+    """One image: its path relative to the index root, class id, boxes with their class ids, and the
+    path of its anomaly mask (relative to the root) when it has one."""
 
     path: str
     label: int
     boxes: tuple[Box, ...] = ()
     box_labels: tuple[int, ...] = ()
+    mask: str | None = None
 
-# A reader's row: path relative to the root, image class, (box class, box) pairs.
-Row = tuple[str, str, list[tuple[str, Box]]]
+# A reader's row: path relative to the root, image class, (box class, box) pairs, mask path or None.
+Row = tuple[str, str, list[tuple[str, Box]], str | None]
 
 
 @dataclass
@@ -91,6 +98,8 @@ def _neu_cls_class(path: Path) -> str | None:
 
 
 def detect_layout(root: Path) -> str:
+    if mvtec_categories(root) or (root / "train" / MVTEC_NORMAL).is_dir():
+        return "mvtec"
     images_dir = _find_child(root, "IMAGES")
     if images_dir is not None and _images_in(images_dir):
         # NEU-DET's IMAGES/ and YOLO's images/ differ by what sits beside them.
@@ -135,9 +144,9 @@ def _index_neu_det(root: Path) -> tuple[list[str], list[Row]]:
     for path, pairs in _voc_rows(_images_in(images_dir), _find_child(root, "ANNOTATIONS")):
         if "_" not in path.stem:
             raise UserError(f"{path} is not named <class>_<n>: rename it or use data.layout=folders")
-        rows.append((str(path.relative_to(root)), path.stem.rsplit("_", 1)[0], pairs))
+        rows.append((str(path.relative_to(root)), path.stem.rsplit("_", 1)[0], pairs, None))
     class_names = _class_order({r[1] for r in rows})
-    for path, _, pairs in rows:
+    for path, _, pairs, _ in rows:
         check_names([n for n, _ in pairs], class_names, root / path)
     return class_names, rows
 
@@ -152,7 +161,7 @@ def _majority_rows(root: Path, rows: list[tuple[Path, list[tuple[str, Box]]]],
                             "(a detection dataset's images each need at least one box)")
         counts = Counter(name for name, _ in pairs)
         label = min(counts, key=lambda n: (-counts[n], class_names.index(n)))
-        out.append((str(path.relative_to(root)), label, pairs))
+        out.append((str(path.relative_to(root)), label, pairs, None))
     return out
 
 
@@ -189,7 +198,7 @@ def _index_neu_cls(root: Path) -> tuple[list[str], list[Row]]:
         cls = _neu_cls_class(path)
         if cls is None:
             raise UserError(f"{path} has no NEU-CLS class prefix (Cr_, In_, Pa_, PS_, RS_, Sc_)")
-        rows.append((path.name, cls, []))
+        rows.append((path.name, cls, [], None))
     return _class_order({r[1] for r in rows}), rows
 
 
@@ -203,16 +212,85 @@ def _index_folders(root: Path) -> tuple[list[str], list[Row]]:
                 f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
                 "add images or remove the folder"
             )
-        rows += [(str(p.relative_to(root)), folder.name, []) for p in images]
+        rows += [(str(p.relative_to(root)), folder.name, [], None) for p in images]
     return _class_order({r[1] for r in rows}), rows
 
 
+def mvtec_categories(root: Path) -> list[str]:
+    """The subfolders of ``root`` that are MVTec AD categories (hold ``train/good/``)."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "train" / MVTEC_NORMAL).is_dir())
+
+
+def mvtec_category_root(root: Path, category: str | None) -> Path:
+    """The folder of one MVTec AD category: ``root`` itself, or ``root/<category>``."""
+    categories = mvtec_categories(root)
+    if category:
+        if category in categories:
+            return root / category
+        if not categories and root.name == category and (root / "train" / MVTEC_NORMAL).is_dir():
+            return root
+        choices = f"choose from {', '.join(categories)}" if categories else "it holds no categories; leave data.category out"
+        raise UserError(f"data.category={category} is not a category of {root}: {choices}")
+    if (root / "train" / MVTEC_NORMAL).is_dir():
+        return root
+    if len(categories) == 1:
+        return root / categories[0]
+    if categories:
+        raise UserError(f"{root} holds {len(categories)} MVTec AD categories: pick one with data.category= "
+                        f"({', '.join(categories)})")
+    raise UserError(f"{root} has no train/good/ folder: an MVTec AD dataset needs train/good/ (normal images), "
+                    "test/good/ and test/<defect type>/, with optional ground_truth/<defect type>/<name>_mask.png")
+
+
+def _mvtec_masks(image_dir: Path, mask_dir: Path) -> dict[Path, Path]:
+    """Each test image of one defect type with its mask; an image without a mask, a mask without an
+    image, or a mask of another size than its image is an error naming the file."""
+    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in _images_in(mask_dir) if p.stem.endswith(MASK_SUFFIX)}
+    by_stem = {p.stem: p for p in _images_in(image_dir)}
+    if orphans := sorted(set(masks) - set(by_stem)):
+        raise UserError(f"mask {masks[orphans[0]]} has no image {orphans[0]}.* in {image_dir}: remove the mask "
+                        "or add its image")
+    pairs = {}
+    for stem, image in by_stem.items():
+        if stem not in masks:
+            raise UserError(f"image {image} has no mask {mask_dir / (stem + MASK_SUFFIX)}.png: add it, or remove "
+                            f"{mask_dir} to score that defect type by image only")
+        if original_size(masks[stem]) != original_size(image):
+            raise UserError(f"mask {masks[stem]} is {original_size(masks[stem])} but its image {image} is "
+                            f"{original_size(image)} (width, height): a mask must have its image's size")
+        pairs[image] = masks[stem]
+    return pairs
+
+
+def _index_mvtec(root: Path) -> tuple[list[str], list[Row]]:
+    train_good = root / "train" / MVTEC_NORMAL
+    train_images = _images_in(train_good) if train_good.is_dir() else []
+    if not train_images:
+        raise UserError(f"{train_good} holds no images: MVTec AD trains on the normal images in train/good/")
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise UserError(f"{root} has no test/ folder: add test/good/ and test/<defect type>/ folders")
+    rows: list[Row] = [(str(p.relative_to(root)), MVTEC_NORMAL, [], None) for p in train_images]
+    types = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for kind in types:
+        images = _images_in(test_dir / kind)
+        mask_dir = root / "ground_truth" / kind
+        masks = _mvtec_masks(test_dir / kind, mask_dir) if kind != MVTEC_NORMAL and mask_dir.is_dir() else {}
+        rows += [(str(p.relative_to(root)), kind, [], str(masks[p].relative_to(root)) if p in masks else None)
+                 for p in images]
+    defect_types = [t for t in types if t != MVTEC_NORMAL]
+    return [MVTEC_NORMAL, *defect_types], rows
+
+
 _READERS = {"neu-det": _index_neu_det, "neu-cls": _index_neu_cls, "folders": _index_folders,
-            "voc": _index_voc, "yolo": _index_yolo}
+            "voc": _index_voc, "yolo": _index_yolo, "mvtec": _index_mvtec}
 
 
-def build_index(root: str | Path | None = None, layout: str = "auto") -> DatasetIndex:
-    """Index the dataset at ``root`` (default: ``default_root()``) in the given or detected layout."""
+def build_index(root: str | Path | None = None, layout: str = "auto", category: str | None = None) -> DatasetIndex:
+    """Index the dataset at ``root`` (default: ``default_root()``) in the given or detected layout;
+    ``category`` picks one category of an MVTec AD root that holds several."""
     root = Path(root) if root else default_root()
     if layout not in LAYOUTS:
         raise UserError(f"data.layout={layout!r} is not a layout: use one of {', '.join(LAYOUTS)}")
@@ -221,12 +299,17 @@ def build_index(root: str | Path | None = None, layout: str = "auto") -> Dataset
     if not any(root.iterdir()):
         raise UserError(f"data root {root} is empty: {DOWNLOAD_HINT}")
     layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "mvtec":
+        root = mvtec_category_root(root, category)
+    elif category:
+        raise UserError(f"data.category={category} applies to MVTec AD folders, but {root} is in the {layout} "
+                        "layout: leave data.category out")
     class_names, rows = _READERS[layout](root)
     if not rows:
         raise UserError(f"no images found under {root} in the {layout} layout: {DOWNLOAD_HINT}")
     if len(class_names) < 2:
         raise UserError(f"{root} holds only the class {class_names}: a classifier needs at least two")
     label_of = {c: i for i, c in enumerate(class_names)}
-    samples = [Sample(path, label_of[cls], tuple(b for _, b in pairs), tuple(label_of[n] for n, _ in pairs))
-               for path, cls, pairs in rows]
+    samples = [Sample(path, label_of[cls], tuple(b for _, b in pairs), tuple(label_of[n] for n, _ in pairs), mask)
+               for path, cls, pairs, mask in rows]
     return DatasetIndex(root=root, layout=layout, class_names=class_names, samples=samples)

@@ -127,7 +127,8 @@ def split_arrays(datamodule, name: str, limit: int | None = None) -> tuple[np.nd
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count == 0:
         raise UserError(f"the {name} split is empty: export needs real {name} images; check data.split")
-    items = [dataset[i] for i in range(count)]
+    # An anomaly split's items carry a mask after the label: only the image and label are wanted here.
+    items = [dataset[i][:2] for i in range(count)]
     return np.stack([x.numpy() for x, _ in items]), np.array([y for _, y in items])
 
 

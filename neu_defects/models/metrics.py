@@ -63,10 +63,9 @@ def f1_threshold(precision: Tensor, recall: Tensor, thresholds: Tensor) -> float
     return float(thresholds[int(f1.argmax())])
 
 
-def fallback_threshold(scores: Tensor, targets: Tensor) -> float:
-    """For a validation split with one kind of image: the 99th percentile of the normal scores, else the largest."""
-    normal = scores[targets == 0].double()
-    return float(torch.quantile(normal, 0.99)) if len(normal) else float(scores.max())
+def normal_quantile(normal_scores: Tensor, fpr: float) -> float:
+    """The threshold that flags a share ``fpr`` of these normal scores: their (1 - fpr) quantile."""
+    return float(torch.quantile(normal_scores.double(), 1.0 - fpr))
 
 
 def threshold_metrics(scores: Tensor, targets: Tensor, threshold: float) -> dict[str, float]:

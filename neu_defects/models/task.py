@@ -27,9 +27,20 @@ class TaskModule(LightningModule):
         return {"in_chans": self.net.in_chans, "mean": list(self.net.mean), "std": list(self.net.std),
                 "image_size": self.image_size}
 
+    def record_entries(self) -> dict[str, Any]:
+        """Plain facts of the trained model that are not tensors, for its checkpoint and ``metrics.json``."""
+        return {}
+
+    def restore_record(self, record: dict[str, Any]) -> None:
+        """Take back what ``record_entries`` wrote, from a checkpoint's record."""
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RECORD] = {"task": self.task, "config": self.build_config,
-                              "class_names": self.class_names, "input_spec": self.input_spec}
+                              "class_names": self.class_names, "input_spec": self.input_spec,
+                              **self.record_entries()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.restore_record(checkpoint.get(RECORD, {}))
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The config's optimiser (``self.optimizer_factory``, a partial) over every trainable parameter."""

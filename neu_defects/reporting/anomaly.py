@@ -1,4 +1,5 @@
-"""Reports of an anomaly test run: score histogram, ROC and input / reconstruction / map grids."""
+"""Reports of an anomaly test run: score histogram, ROC and input / reconstruction / map grids, with
+the ground truth's outline (mask or boxes) where the data has it."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from neu_defects.core.figures import save_figure
 
 
-def plot_score_histogram(path, scores: np.ndarray, targets: np.ndarray, threshold: float) -> Path:
+def plot_score_histogram(path, scores: np.ndarray, targets: np.ndarray, threshold: float, policy: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.histogram_bin_edges(scores, bins=40)
     ax.hist(scores[targets == 0], bins=bins, alpha=0.6, label=f"normal ({(targets == 0).sum()})")
     ax.hist(scores[targets == 1], bins=bins, alpha=0.6, label=f"anomaly ({(targets == 1).sum()})")
-    ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4g} (F1 on validation)")
+    ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.4g} ({policy}, on validation)")
     ax.set_xlabel("anomaly score")
     ax.set_ylabel("test images")
     ax.legend()
@@ -65,9 +66,13 @@ def plot_anomaly_grid(path, module, datamodule, per_group: int = 2) -> Path:
         if recon is not None:
             panels.append(("reconstruction", recon[0, 0].numpy(), "gray"))
         panels.append(("anomaly map", amap[0, 0].numpy(), "inferno"))
+        # The ground truth's outline on every panel, where the data has masks (boxes on NEU-DET).
+        mask = dataset.masks[i] if hasattr(dataset, "masks") else None
         for col, (name, array, cmap) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(array, cmap=cmap)
+            if mask is not None and (mask == 1).any():
+                ax.contour(mask == 1, levels=[0.5], colors="cyan", linewidths=0.8)
             ax.set_axis_off()
             ax.set_title(name if col else f"{title}\n{names[image.label]} {float(score[0]):.3g}", fontsize=8)
     fig.suptitle(f"threshold {float(module.threshold):.4g}", fontsize=9)
@@ -77,7 +82,8 @@ def plot_anomaly_grid(path, module, datamodule, per_group: int = 2) -> Path:
 def write_anomaly_outputs(run_dir: str | Path, module, datamodule) -> None:
     run_dir = Path(run_dir)
     scores, targets = module.test_scores, module.test_targets
-    plot_score_histogram(run_dir / "plots" / "score_histogram.png", scores, targets, float(module.threshold))
+    plot_score_histogram(run_dir / "plots" / "score_histogram.png", scores, targets, float(module.threshold),
+                         module.threshold_policy)
     if 0 < targets.sum() < len(targets):
         plot_roc(run_dir / "plots" / "roc.png", scores, targets)
     plot_anomaly_grid(run_dir / "anomaly_maps" / "best_and_worst.png", module, datamodule)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neu_defects.core.checkpoint import load_module
@@ -49,9 +49,14 @@ def build_datamodule(data_cfg: DictConfig, model, index: DatasetIndex, **overrid
     return datamodule
 
 
+def data_index(data_cfg: DictConfig) -> DatasetIndex:
+    """The index of the data a data config names (``category``: one MVTec AD category)."""
+    return build_index(data_cfg.root, data_cfg.layout, data_cfg.get("category"))
+
+
 def build_model_and_data(cfg: DictConfig):
     """The model of a train config and the data module that feeds it what it wants."""
-    index = build_index(cfg.data.root, cfg.data.layout)
+    index = data_index(cfg.data)
     model = build_model(cfg, index.class_names)
     return model, build_datamodule(cfg.data, model, index)
 
@@ -69,18 +74,29 @@ def default_split_file(ckpt_path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-# The data module a checkpoint of each task is tested on, beside the data config's settings.
+# The data module a checkpoint of each task is tested on, beside the data config's settings; a data
+# config that already builds that kind of module (data=mvtec for an anomaly model) keeps its own.
 TASK_DATA = {
-    "anomaly": lambda model: {"_target_": "neu_defects.data.oneclass.OneClassDataModule",
-                              "normal_classes": model.normal_classes},
-    "detector": lambda model: {"_target_": "neu_defects.data.detection.DetectionDataModule"},
+    "anomaly": ("neu_defects.data.oneclass.OneClassDataModule",
+                lambda model: {"normal_classes": model.normal_classes}),
+    "detector": ("neu_defects.data.detection.DetectionDataModule", lambda model: {}),
 }
+
+
+def task_data(data_cfg: DictConfig, model) -> dict[str, Any]:
+    """The overrides that make ``data_cfg`` build the data module of ``model``'s task."""
+    if model.task not in TASK_DATA:
+        return {}
+    target, settings = TASK_DATA[model.task]
+    if issubclass(get_class(data_cfg._target_), get_class(target)):
+        return settings(model)
+    return {"_target_": target, **settings(model)}
 
 
 def checkpoint_datamodule(cfg: DictConfig, model, ckpt_path: Path, needs_boxes: bool = False):
     """The unaugmented data module, fed as ``model`` wants, on the split its training run used:
     ``data.split_file``, else the training run's split.csv, else made anew from the data config."""
-    index = build_index(cfg.data.root, cfg.data.layout)
+    index = data_index(cfg.data)
     if index.class_names != model.class_names:
         raise UserError(f"the data at {index.root} has classes {index.class_names}, but checkpoint {ckpt_path} "
                         f"was trained on {model.class_names}: point data.root at the dataset it was trained on")
@@ -91,11 +107,11 @@ def checkpoint_datamodule(cfg: DictConfig, model, ckpt_path: Path, needs_boxes: 
         if not cfg.data.split_file and (split_file := default_split_file(ckpt_path)):
             log.info("using the training run's split %s", split_file)
             cfg.data.split_file = str(split_file)
-    task_data = TASK_DATA.get(model.task, lambda m: {})(model)
     corruption = build_corruption(cfg.get("corruption"), cfg.get("severity"), cfg.seed)
     if corruption is not None:
         log.info("testing on corrupted images: %s", corruption)
-    return build_datamodule(cfg.data, model, index, augment=None, corruption=corruption, **task_data)
+    return build_datamodule(cfg.data, model, index, augment=None, corruption=corruption,
+                            **task_data(cfg.data, model))
 
 
 def load_checkpoint_and_data(cfg: DictConfig, task: str | None = None, needs_boxes: bool = False):

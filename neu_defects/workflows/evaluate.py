@@ -29,7 +29,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model, datamodule = load_checkpoint_and_data(cfg, task=cfg.get("task"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=instantiate_dict(cfg.get("callbacks")))
     trainer.test(model, datamodule=datamodule)
-    metrics = test_metrics(trainer)
+    metrics = {**test_metrics(trainer), **model.record_entries()}
     write_test_reports(model, datamodule, run_dir)
     write_json(run_dir / "metrics.json", metrics)
     log.info("%s; outputs in %s", headline(metrics, model.main_metric), run_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from neu_defects.core.checkpoint import check_state_dict, read_checkpoint
 from neu_defects.core.cli import headline, log, quiet_libraries
@@ -49,6 +49,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if ckpt_path:
         check_state_dict(model, read_checkpoint(ckpt_path)["state_dict"], ckpt_path)
 
+    datamodule.setup("fit")
+    if getattr(datamodule, "normal_only_validation", False) and cfg.get("monitor"):
+        # No validation metric ranks the epochs of a model that sees no anomaly before testing.
+        log.info("validation holds normal images only: %s cannot be measured, best.ckpt is the last epoch",
+                 cfg.monitor)
+        with open_dict(cfg):
+            cfg.monitor = None
     trainer = build_trainer(cfg)
 
     log.info("fitting %s on %s (%s) -> %s", cfg.model.net._target_, index.root, index.layout, run_dir)
@@ -62,7 +69,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     has_best = trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path
     trainer.test(model, datamodule=datamodule, ckpt_path="best" if has_best else None)
-    metrics = {**test_metrics(trainer), "fit/seconds": round(fit_seconds, 2)}
+    metrics = {**test_metrics(trainer), "fit/seconds": round(fit_seconds, 2), **model.record_entries()}
 
     # Under DDP every process gets here with the same synced metrics; one writes the reports.
     if trainer.is_global_zero:
