@@ -187,3 +187,29 @@ def test_isolation_forest_config_trains_through_the_entry_point(fixture_root, tm
     train_rows = [line for line in (run_dir / "split.csv").read_text().splitlines() if line.endswith(",crazing,train")]
     module = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
     assert module.net.latents.shape == (len(train_rows), 128)
+
+
+def test_greedy_coreset_covers_every_cluster_and_picks_distinct_rows():
+    from neu_defects.models.nets.patchcore import greedy_coreset
+
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    patches = torch.cat([c + 0.1 * torch.randn(50, 2) for c in centres])
+    chosen = greedy_coreset(patches, 4, seed=3)
+    assert len(set(chosen.tolist())) == 4
+    # Farthest-first from any start lands once in each of four far-apart clusters.
+    assert sorted((chosen // 50).tolist()) == [0, 1, 2, 3]
+    # Every patch lies within the cluster spread of a chosen one: the coreset's covering radius.
+    radius = torch.cdist(patches, patches[chosen]).min(1).values.max()
+    assert radius < 1.0
+
+
+def test_greedy_coreset_on_a_pool_and_a_projection_still_spans_the_clusters():
+    from neu_defects.models.nets.patchcore import greedy_coreset
+
+    torch.manual_seed(0)
+    centres = 20 * torch.eye(8)  # eight clusters, far apart in 8 dimensions
+    patches = torch.cat([c + 0.1 * torch.randn(100, 8) for c in centres])
+    chosen = greedy_coreset(patches, 8, seed=1, pool=200, projection=4)
+    assert chosen.max() < len(patches) and len(set(chosen.tolist())) == 8
+    assert sorted((chosen // 100).tolist()) == list(range(8))

@@ -2,6 +2,8 @@
 
 The net (an ``AnomalyNet``, see ``nets/base.py``) owns the maths; this module owns the loop around it:
 
+- adversarial nets (``net.adversarial``, GANomaly) take one optimiser per ``net.parameter_groups``
+  entry and run ``net.adversarial_step`` under manual optimisation;
 - gradient-trained nets (``net.trainable``) minimise ``net.training_loss``; nets that are fitted
   rather than trained gather training batches with ``net.update`` and solve in ``net.finalize``
   before validation, and fitting is done after one epoch;
@@ -50,6 +52,8 @@ class AnomalyModule(TaskModule):
     ):
         super().__init__()
         self.net = net
+        # Adversarial nets step their optimisers in turn within one batch.
+        self.automatic_optimization = not getattr(net, "adversarial", False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names, self.normal_classes = list(class_names), list(normal_classes)
         self.image_size = image_size
@@ -79,6 +83,8 @@ class AnomalyModule(TaskModule):
         self.net.update(x)
         if not self.net.trainable:
             return None
+        if not self.automatic_optimization:
+            return self._adversarial_step(x)
         loss = self.net.training_loss(x)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
@@ -160,13 +166,27 @@ class AnomalyModule(TaskModule):
         return {"pixel_auroc": pixel_auroc(maps, masks), "pixel_aupro": pixel_aupro(maps, masks)}
 
     def record_entries(self) -> dict[str, Any]:
-        return {"threshold_policy": self.threshold_policy}
+        return {"threshold_policy": self.threshold_policy, **self.net.record_entries()}
 
     def restore_record(self, record: dict[str, Any]) -> None:
         # Checkpoints from before policies were recorded chose by F1 or the 99th normal percentile.
         self.threshold_policy = record.get("threshold_policy", "unrecorded")
 
+    def _adversarial_step(self, x: torch.Tensor) -> None:
+        optimizers = dict(zip(self.net.parameter_groups(), self.optimizers(), strict=True))
+
+        def step(name: str, loss: torch.Tensor, retain_graph: bool) -> None:
+            optimizers[name].zero_grad()
+            self.manual_backward(loss, retain_graph=retain_graph)
+            optimizers[name].step()
+
+        losses = self.net.adversarial_step(x, step)
+        self.log_dict({f"train/{name}_loss": loss for name, loss in losses.items()}, on_step=False, on_epoch=True,
+                      prog_bar=True, batch_size=len(x))
+
     def configure_optimizers(self):
         if not self.net.trainable:
             return None
+        if not self.automatic_optimization:
+            return [self.optimizer_factory(params=list(group)) for group in self.net.parameter_groups().values()]
         return with_scheduler(self.build_optimizer(), self.scheduler_factory)

@@ -42,6 +42,10 @@ class AnomalyNet(nn.Module):
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is trainable: it must define training_loss")
 
+    def record_entries(self) -> dict[str, float]:
+        """Figures of the fitted net worth reporting beside its metrics (e.g. a memory bank's size)."""
+        return {}
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Undo the input normalisation: back to [0, 1] intensities."""
         return x * x.new_tensor(self.std).view(1, -1, 1, 1) + x.new_tensor(self.mean).view(1, -1, 1, 1)

@@ -1,0 +1,66 @@
+"""anomalib's models behind AnomalyModule: offline weights, PatchCore's bounded bank, GANomaly's two optimisers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from neu_defects.core.checkpoint import load_module
+from neu_defects.models.nets.patchcore import PatchCore
+from neu_defects.models.weights import build_backbone
+from neu_defects.workflows.train import train
+
+from .conftest import compose_cfg
+
+
+def test_patchcore_backbone_carries_the_offline_imagenet_weights():
+    net = PatchCore(layers=[2, 3])
+    reference = build_backbone("tf_efficientnet_lite0", pretrained=True).state_dict()
+    extracted = net.model.feature_extractor.feature_extractor.state_dict()
+    for name in ("conv_stem.weight", "blocks.3.0.conv_pw.weight"):
+        torch.testing.assert_close(extracted[name], reference[name])
+    assert net.mean == pytest.approx((0.5, 0.5, 0.5)) and net.in_chans == 3
+
+
+def test_patchcore_on_mvtec_bounds_its_bank_and_scores_pixels(mvtec_root, tmp_path):
+    run_dir = tmp_path / "patchcore"
+    cfg = compose_cfg("train", ["model=patchcore", "model.image_size=64", "model.net.memory_bank_size=50",
+                                "data=mvtec", f"data.root={mvtec_root}", "data.category=tiles",
+                                "callbacks.progress_bar=null"], run_dir)
+    train(cfg)
+    written = json.loads((run_dir / "metrics.json").read_text())
+    # 20 training images x 8 x 8 patches, 10 % of them is 128: the bound, 50, wins.
+    assert written["fit/memory_bank_size"] == 50
+    module = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
+    assert module.net.model.memory_bank.shape == (50, 40 + 112)
+    assert written["test/image_auroc"] >= 0.9 and written["test/pixel_auroc"] >= 0.9, written
+
+
+def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, tmp_path):
+    run_dir = tmp_path / "ganomaly"
+    cfg = compose_cfg("train", ["model=ganomaly", "model.image_size=32", "model.net.n_features=8",
+                                "model.net.latent_vec_size=16", "data.normal_classes=[crazing]",
+                                f"data.root={fixture_root / 'neu-det'}", "trainer.max_epochs=2",
+                                "callbacks.progress_bar=null"], run_dir)
+    metrics, objects = train(cfg)
+    module = objects["model"]
+    assert not module.automatic_optimization
+    assert len(module.trainer.optimizers) == 2
+    logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/generator_loss", "train/discriminator_loss"} <= set(logged)
+    assert 0.0 <= metrics["test/image_auroc"] <= 1.0 and 0.0 <= metrics["test/box_pixel_auroc"] <= 1.0
+    reloaded = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+        module.load_state_dict(best)
+        torch.testing.assert_close(reloaded(x)[0], module.eval()(x)[0])
+
+
+def test_ganomaly_needs_a_power_of_two():
+    from neu_defects.models.nets.ganomaly import GANomaly
+
+    with pytest.raises(ValueError, match="model.image_size=200: .*power of two"):
+        GANomaly(image_size=200)
