@@ -32,7 +32,7 @@ PREPROCESSING = ("decode to uint8 (16-bit by its range), gray or RGB as in_chans
 
 def onnx_record(module) -> dict[str, Any]:
     return {"task": module.task, "class_names": list(module.class_names), "input_spec": module.input_spec,
-            "preprocessing": PREPROCESSING}
+            "preprocessing": PREPROCESSING, **module.deployment_record()}
 
 
 def to_onnx(module) -> onnx.ModelProto:

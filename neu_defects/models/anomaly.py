@@ -165,6 +165,10 @@ class AnomalyModule(TaskModule):
             return {"box_pixel_auroc": pixel_auroc(maps, masks)}
         return {"pixel_auroc": pixel_auroc(maps, masks), "pixel_aupro": pixel_aupro(maps, masks)}
 
+    def deployment_record(self) -> dict[str, Any]:
+        return {"threshold": float(self.threshold), "threshold_policy": self.threshold_policy,
+                "normal_classes": list(self.normal_classes)}
+
     def record_entries(self) -> dict[str, Any]:
         return {"threshold_policy": self.threshold_policy, **self.net.record_entries()}
 

@@ -27,6 +27,10 @@ class TaskModule(LightningModule):
         return {"in_chans": self.net.in_chans, "mean": list(self.net.mean), "std": list(self.net.std),
                 "image_size": self.image_size}
 
+    def deployment_record(self) -> dict[str, Any]:
+        """What an exported model needs beside its input spec and class names to answer as this one does."""
+        return {}
+
     def record_entries(self) -> dict[str, Any]:
         """Plain facts of the trained model that are not tensors, for its checkpoint and ``metrics.json``."""
         return {}

@@ -35,6 +35,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(x, [2 * radius + 1] * 2, [sigma] * 2)
 
 
+def row_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Each row's ``q`` quantile, linearly interpolated as ``torch.quantile`` does, in ops that export
+    to ONNX (a sort and two gathers; ONNX has no quantile)."""
+    ordered = values.sort(dim=1).values
+    position = q * (values.shape[1] - 1)
+    low = int(position)
+    high = min(low + 1, values.shape[1] - 1)
+    return ordered[:, low] + (position - low) * (ordered[:, high] - ordered[:, low])
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     """Per-pixel structural similarity of images in [0, 1] (Wang et al. 2004), averaged over channels."""
     _, full = structural_similarity_index_measure(a, b, gaussian_kernel=True, sigma=sigma, data_range=1.0,
@@ -153,4 +163,4 @@ class FeatureAutoencoder(AnomalyNet):
         error = self._error(x)
         amap = gaussian_blur(F.interpolate(error, size=x.shape[-2:], mode="bilinear", align_corners=False),
                              self.map_sigma)
-        return torch.quantile(amap.flatten(1), self.score_quantile, dim=1), amap
+        return row_quantile(amap.flatten(1), self.score_quantile), amap

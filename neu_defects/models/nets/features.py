@@ -44,6 +44,8 @@ class FrozenFeatures(nn.Module):
         self._cache_tag = (backbone, tuple(self.layers), stride, pretrained, weights, in_chans)
         self.runner = FrozenRunner(Method(self, "compute"), f"{backbone}-layers{'.'.join(map(str, self.layers))}",
                                    embed_backend, weights=self.model)
+        # exact: eager float32 every call, no float16 cache, no ONNX Runtime (see exact_features).
+        self.exact = False
         # Lightning keeps each submodule's own train/eval mode rather than calling .train() on the
         # whole model, so the frozen backbone must start in eval mode itself.
         self.eval()
@@ -62,6 +64,9 @@ class FrozenFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # An export of the net that holds these features traces the backbone itself.
+        if self.exact or torch.onnx.is_in_onnx_export():
+            return self.compute(x)
         if self.cache_items <= 0:
             return self.runner(x)
         keys = [(*self._cache_tag, hashlib.sha1(xi.cpu().numpy().tobytes()).hexdigest()) for xi in x]
@@ -72,3 +77,13 @@ class FrozenFeatures(nn.Module):
             while len(_CACHE) > self.cache_items:
                 _CACHE.popitem(last=False)
         return torch.stack([_CACHE[k] for k in keys]).to(x.dtype)
+
+
+def exact_features(net: nn.Module) -> nn.Module:
+    """``net`` with every ``FrozenFeatures`` in it computing eager float32: the float16 cache and ONNX
+    Runtime speed up training's epochs, but a deployed model's answers, and the export checked
+    against them, are the exact ones."""
+    for module in net.modules():
+        if isinstance(module, FrozenFeatures):
+            module.exact = True
+    return net

@@ -65,6 +65,20 @@ def greedy_coreset(patches: torch.Tensor, size: int, seed: int = 0, pool: int | 
     return candidates[chosen]
 
 
+class CentredPatchcoreModel(PatchcoreModel):
+    """anomalib's PatchcoreModel measuring its distances about the memory bank's mean.
+
+    It computes |x - y| as sqrt(|x|^2 + |y|^2 - 2 x.y), which loses float32 digits to cancellation
+    when the features lie far from the origin: ONNX Runtime and PyTorch, summing in different
+    orders, then disagree by more than 1e-4. Distances do not change under a shift of both
+    points; about the bank's mean the norms are small and the digits stay.
+    """
+
+    def euclidean_dist(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        centre = self.memory_bank.mean(0)
+        return PatchcoreModel.euclidean_dist(x - centre, y - centre)
+
+
 class PatchCore(AnomalyNet):
     trainable = False
 
@@ -77,8 +91,8 @@ class PatchCore(AnomalyNet):
             raise ValueError(f"model.net.coreset_ratio={coreset_ratio}: give a share of patches in (0, 1]")
         if memory_bank_size < 1:
             raise ValueError(f"model.net.memory_bank_size={memory_bank_size}: give a positive number of patches")
-        self.model = PatchcoreModel(layers=list(layers), backbone=backbone, pre_trained=False,
-                                    num_neighbors=num_neighbors)
+        self.model = CentredPatchcoreModel(layers=list(layers), backbone=backbone, pre_trained=False,
+                                           num_neighbors=num_neighbors)
         if pretrained:
             load_pretrained_features(self.model.feature_extractor.feature_extractor, backbone, weights, in_chans)
         self.in_chans = in_chans
