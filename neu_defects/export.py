@@ -1,6 +1,7 @@
-"""``python -m neu_defects.export ckpt_path=PATH [output=model.onnx] [quantize=int8]``: a classifier to ONNX.
+"""``python -m neu_defects.export ckpt_path=PATH [output=model.onnx|model.tflite] [quantize=...]``: a
+classifier, detector or anomaly model to ONNX, or a classifier or anomaly model to TFLite.
 
-Nothing is written unless ONNX Runtime matches PyTorch on real test images. See
+Nothing is written unless the exported model matches PyTorch on real test images. See
 ``neu_defects.workflows.export``.
 """
 

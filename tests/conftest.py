@@ -23,9 +23,11 @@ os.environ.setdefault("NEU_DEFECTS_CACHE", tempfile.mkdtemp(prefix="neu_defects_
 # ONNX export, ONNX Runtime inference and the benchmark need the [export] extra (part of [dev], so CI
 # runs them); without it the rest of the suite runs, frozen backbones falling back to eager.
 collect_ignore = [] if importlib.util.find_spec("onnxruntime") else ["test_export.py", "test_benchmark.py"]
-# anomalib's models need the [anomaly] extra (part of [dev]).
+# anomalib's models need the [anomaly] extra (part of [dev]); TFLite export needs requirements-tflite.txt.
 if not importlib.util.find_spec("anomalib"):
     collect_ignore.append("test_zoo.py")
+if not importlib.util.find_spec("litert_torch"):
+    collect_ignore.append("test_tflite.py")
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
