@@ -11,6 +11,7 @@ from neu_defects.core.checkpoint import load_module
 from neu_defects.core.errors import UserError
 from neu_defects.deploy.anomaly import OnnxAnomaly, TorchAnomaly, anomaly_parity, anomaly_to_onnx
 from neu_defects.deploy.backends import split_arrays
+from neu_defects.deploy.detection import OnnxDetector
 from neu_defects.workflows.builders import load_checkpoint_and_data
 from neu_defects.workflows.export import export
 from neu_defects.workflows.predict import predict
@@ -45,6 +46,8 @@ def test_onnx_scores_and_maps_match_the_checkpoint(mvtec_run, mvtec_root, tmp_pa
     parity = anomaly_parity(TorchAnomaly(module), onnx_model, images)
     assert parity["max_score_diff"] <= 1e-4 and parity["max_map_diff"] <= 1e-4, (name, parity)
     assert onnx_model.threshold == pytest.approx(float(module.threshold))
+    with pytest.raises(UserError, match="holds a model of task 'anomaly', not 'detector'"):
+        OnnxDetector(model, "memory")
     assert onnx_model.threshold_policy == module.threshold_policy == "normal_quantile(fpr=0.01)"
 
 

@@ -71,13 +71,9 @@ class OnnxAnomaly:
     name = "onnx"
 
     def __init__(self, model, source: str | Path, threads: int = 0):
-        from neu_defects.deploy.onnx_io import INPUT, ort_session, read_record
+        from neu_defects.deploy.onnx_io import INPUT, task_session
 
-        self.session, self.input_name = ort_session(model, threads), INPUT
-        record = read_record(self.session, source)
-        if record.get("task") != "anomaly":
-            raise UserError(f"ONNX model {source} is a {record.get('task')} export, not an anomaly model's: "
-                            "pass the .onnx that neu_defects.export wrote for an anomaly checkpoint")
+        (self.session, record), self.input_name = task_session(model, source, "anomaly", threads), INPUT
         self.class_names, self.spec = list(record["class_names"]), record["input_spec"]
         self.threshold, self.threshold_policy = float(record["threshold"]), record["threshold_policy"]
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from neu_defects.core.checkpoint import load_module
-from neu_defects.core.errors import UserError
 from neu_defects.deploy.backends import choose_backend
 
 OUTPUTS = ("boxes", "scores", "labels")
@@ -68,13 +67,9 @@ class OnnxDetector:
     name = "onnx"
 
     def __init__(self, model, source: str | Path, threads: int = 0):
-        from neu_defects.deploy.onnx_io import INPUT, ort_session, read_record
+        from neu_defects.deploy.onnx_io import INPUT, task_session
 
-        self.session, self.input_name = ort_session(model, threads), INPUT
-        record = read_record(self.session, source)
-        if record.get("task") != "detector":
-            raise UserError(f"ONNX model {source} is a {record.get('task')} export, not a detector's: "
-                            "pass the .onnx that neu_defects.export wrote for a detector checkpoint")
+        (self.session, record), self.input_name = task_session(model, source, "detector", threads), INPUT
         self.class_names, self.spec = list(record["class_names"]), record["input_spec"]
 
     def detect(self, image: np.ndarray) -> Detection:

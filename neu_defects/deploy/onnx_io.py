@@ -111,6 +111,16 @@ def ort_session(model: str | Path | bytes | onnx.ModelProto, threads: int = 0) -
                         f"loaded ({str(err).splitlines()[0]}): export it again with python -m neu_defects.export") from err
 
 
+def task_session(model, source: str | Path, task: str, threads: int = 0) -> tuple[ort.InferenceSession, dict[str, Any]]:
+    """A session of an export of ``task`` and its record; an export of another task is refused."""
+    session = ort_session(model, threads)
+    record = read_record(session, source)
+    if record.get("task") != task:
+        raise UserError(f"ONNX model {source} holds a model of task {record.get('task')!r}, not {task!r}: "
+                        f"pass the .onnx that neu_defects.export wrote for a {task} checkpoint")
+    return session, record
+
+
 def read_record(session: ort.InferenceSession, source: str | Path) -> dict[str, Any]:
     """The neu-defects record in an exported model's metadata."""
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
