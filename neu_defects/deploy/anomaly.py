@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ class TorchAnomaly:
 
 def anomaly_to_onnx(module):
     """The anomaly net as an ONNX model of batch 1, with the record and its threshold in the metadata."""
-    from neu_defects.deploy.onnx_io import INPUT, METADATA_KEY, onnx_record
+    from neu_defects.deploy.onnx_io import INPUT, with_record
 
     spec = module.input_spec
     example = torch.zeros(1, spec["in_chans"], spec["image_size"], spec["image_size"])
@@ -60,11 +59,7 @@ def anomaly_to_onnx(module):
             raise UserError(f"{type(module.net).__name__} cannot be exported to ONNX "
                             f"({str(err).splitlines()[0]}); export another anomaly model or predict with the "
                             "checkpoint (backend=torch)") from err
-    model = program.model_proto
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(onnx_record(module))
-    model.doc_string = f"neu-defects anomaly model, normal: {', '.join(module.normal_classes)}"
-    return model
+    return with_record(program.model_proto, module, f"anomaly model, normal: {', '.join(module.normal_classes)}")
 
 
 class OnnxAnomaly:

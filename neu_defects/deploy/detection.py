@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ def detector_to_onnx(module):
     """The detector as an ONNX model of batch 1, with the neu-defects record in its metadata."""
     import onnx
 
-    from neu_defects.deploy.onnx_io import INPUT, METADATA_KEY, onnx_record
+    from neu_defects.deploy.onnx_io import INPUT, with_record
 
     size = module.input_spec["image_size"]
     buffer = io.BytesIO()
@@ -56,11 +55,7 @@ def detector_to_onnx(module):
         warnings.simplefilter("ignore")
         torch.onnx.export(module.net.eval(), (torch.zeros(1, 3, size, size),), buffer, input_names=[INPUT],
                           output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False)
-    model = onnx.load_from_string(buffer.getvalue())
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(onnx_record(module))
-    model.doc_string = f"neu-defects detector: {', '.join(module.class_names)}"
-    return model
+    return with_record(onnx.load_from_string(buffer.getvalue()), module, f"detector: {', '.join(module.class_names)}")
 
 
 class OnnxDetector:

@@ -45,10 +45,14 @@ def to_onnx(module) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(net, (example,), input_names=[INPUT], output_names=[OUTPUT],
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
-    model = program.model_proto
+    return with_record(program.model_proto, module, f"{module.task}: {', '.join(module.class_names)}")
+
+
+def with_record(model: onnx.ModelProto, module, description: str) -> onnx.ModelProto:
+    """The exported ``model`` carrying ``module``'s record in its metadata, and a one-line description."""
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(onnx_record(module))
-    model.doc_string = f"neu-defects {module.task}: {', '.join(module.class_names)}"
+    model.doc_string = f"neu-defects {description}"
     return model
 
 
