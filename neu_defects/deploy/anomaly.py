@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from neu_defects.core.checkpoint import load_module
 from neu_defects.core.errors import UserError
-from neu_defects.deploy.backends import choose_backend
+from neu_defects.deploy.backends import open_in_backend
 from neu_defects.models.nets.features import exact_features
 
 OUTPUTS = ("score", "anomaly_map")
@@ -78,13 +77,8 @@ class OnnxAnomaly:
 
 
 def open_anomaly(path: str | Path, backend: str | None = None) -> TorchAnomaly | OnnxAnomaly:
-    """The anomaly model at ``path`` (checkpoint or ``.onnx``) in ``backend`` (default: the file's own)."""
-    path = Path(path)
-    chosen = choose_backend(path, backend)
-    if path.suffix.lower() == ".onnx":
-        return OnnxAnomaly(path, path)
-    module = load_module(path, task="anomaly")
-    return OnnxAnomaly(anomaly_to_onnx(module), path) if chosen == "onnx" else TorchAnomaly(module)
+    """The anomaly model at ``path`` (checkpoint or ``.onnx``) in ``backend`` (see ``open_in_backend``)."""
+    return open_in_backend(path, backend, "anomaly", TorchAnomaly, OnnxAnomaly, anomaly_to_onnx)
 
 
 def anomaly_parity(reference, candidate, images: np.ndarray) -> dict[str, Any]:

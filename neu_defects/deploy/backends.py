@@ -99,21 +99,23 @@ def choose_backend(path: Path, backend: str | None) -> str:
     return backend or "torch"
 
 
-def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend | OnnxBackend:
-    """The model at ``path`` (a checkpoint or an exported ``.onnx``) in ``backend`` (default: the file's own).
-
-    A checkpoint asked for ``backend=onnx`` is converted in memory, as ``neu_defects.export`` would.
-    """
+def open_in_backend(path: str | Path, backend: str | None, task: str, torch_kind, onnx_kind, to_onnx):
+    """The ``task`` model at ``path`` (a checkpoint or an exported ``.onnx``) in ``backend`` (default: the
+    file's own): ``torch_kind(module)`` or ``onnx_kind(model, source)``. A checkpoint asked for
+    ``backend=onnx`` is converted in memory by ``to_onnx(module)``, as ``neu_defects.export`` would."""
     path = Path(path)
     chosen = choose_backend(path, backend)
     if path.suffix.lower() == ".onnx":
-        return OnnxBackend(path, path)
-    module = load_module(path, task="classifier")
-    if chosen == "onnx":
-        from neu_defects.deploy.onnx_io import to_onnx
+        return onnx_kind(path, path)
+    module = load_module(path, task=task)
+    return onnx_kind(to_onnx(module), path) if chosen == "onnx" else torch_kind(module)
 
-        return OnnxBackend(to_onnx(module), path)
-    return TorchBackend(module)
+
+def open_backend(path: str | Path, backend: str | None = None) -> TorchBackend | OnnxBackend:
+    """A classifier at ``path`` (checkpoint or ``.onnx``) in ``backend`` (see ``open_in_backend``)."""
+    from neu_defects.deploy.onnx_io import to_onnx
+
+    return open_in_backend(path, backend, "classifier", TorchBackend, OnnxBackend, to_onnx)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

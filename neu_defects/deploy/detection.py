@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neu_defects.core.checkpoint import load_module
-from neu_defects.deploy.backends import choose_backend
+from neu_defects.deploy.backends import open_in_backend
 
 OUTPUTS = ("boxes", "scores", "labels")
 OPSET = 17
@@ -73,13 +72,8 @@ class OnnxDetector:
 
 
 def open_detector(path: str | Path, backend: str | None = None) -> TorchDetector | OnnxDetector:
-    """The detector at ``path`` (checkpoint or ``.onnx``) in ``backend`` (default: the file's own)."""
-    path = Path(path)
-    chosen = choose_backend(path, backend)
-    if path.suffix.lower() == ".onnx":
-        return OnnxDetector(path, path)
-    module = load_module(path, task="detector")
-    return OnnxDetector(detector_to_onnx(module), path) if chosen == "onnx" else TorchDetector(module)
+    """The detector at ``path`` (checkpoint or ``.onnx``) in ``backend`` (see ``open_in_backend``)."""
+    return open_in_backend(path, backend, "detector", TorchDetector, OnnxDetector, detector_to_onnx)
 
 
 def _pair(ref: Detection, cand: Detection) -> tuple[int, float]:
