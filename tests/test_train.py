@@ -69,6 +69,8 @@ def test_cli_honours_run_dir_and_overrides(fixture_root, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert "Tip:" not in console and "LeafSpec" not in console, "advertising or deprecation noise on the console"
     assert set(json.loads((run_dir / "metrics.json").read_text())) == expected_keys(FIXTURE_CLASSES)
     splits = [line.split(",")[2] for line in (run_dir / "split.csv").read_text().splitlines()[1:]]
     assert splits.count("test") == 12  # 20% of 10 images in each of 6 classes

@@ -27,9 +27,17 @@ log = logging.getLogger("neu_defects")
 ERROR_FILE = "error.txt"
 
 
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 def quiet_libraries() -> None:
     """Silence the update check and the warnings that carry no action for a user of this tool."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Lightning advertises its cloud products on every fit; the same function object is added once.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+    # Lightning 2.6 still tests isinstance(spec, LeafSpec), which torch 2.14 deprecates on each call.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
     # Frozen backbones are in eval mode and fitted (not trained) nets return no loss, on purpose.

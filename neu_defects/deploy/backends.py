@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from neu_defects.core.checkpoint import RECORD, load_module, read_checkpoint
 from neu_defects.core.errors import UserError
@@ -134,8 +135,12 @@ def split_arrays(datamodule, name: str, limit: int | None = None) -> tuple[np.nd
     return np.stack([x.numpy() for x, _ in items]), np.array([y for _, y in items])
 
 
-def predict_logits(backend, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([backend.logits(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+def predict_logits(backend, images: np.ndarray, batch_size: int = 64, progress: str | None = None) -> np.ndarray:
+    """Logits of ``images`` in batches; ``progress`` names a transient progress bar over them."""
+    starts = range(0, len(images), batch_size)
+    if progress:
+        starts = track(starts, description=progress, transient=True)
+    return np.concatenate([backend.logits(images[i:i + batch_size]) for i in starts])
 
 
 def accuracy(backend, images: np.ndarray, labels: np.ndarray) -> float:

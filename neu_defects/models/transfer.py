@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import track
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from neu_defects.core.checkpoint import RECORD
@@ -156,7 +157,8 @@ class TransferModule(ClassifierModule):
         for view in range(views):
             dataset.epoch = view
             loader = DataLoader(Subset(dataset, range(len(dataset) * passes)), batch_size=EMBED_BATCH, shuffle=False)
-            out.append(torch.cat([self.embed(x.to(self.device)).cpu() for x, _ in loader]))
+            batches = track(loader, description=f"feature cache: view {view + 1} of {views}", transient=True)
+            out.append(torch.cat([self.embed(x.to(self.device)).cpu() for x, _ in batches]))
         dataset.epoch = 0
         return torch.stack(out)
 

@@ -18,6 +18,7 @@ import lightning as L
 import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig
+from rich.progress import track
 
 from neu_defects.core.cli import log, quiet_libraries
 from neu_defects.core.errors import UserError
@@ -89,7 +90,8 @@ def run_study(cfg: DictConfig) -> list[dict[str, Any]]:
         setting_methods = [m for m in methods if not (eigen and m in PROJECTIONS)]
         tallies = {(m, layer): LocalisationTally(names, study.iou_threshold) for m in setting_methods for layer in layers}
         correct, start = 0, time.perf_counter()
-        for first in range(0, len(dataset), study.batch_size):
+        for first in track(range(0, len(dataset), study.batch_size), transient=True,
+                           description=f"CAMs of {len(dataset)} images ({setting})"):
             items = [dataset[i] for i in range(first, min(first + study.batch_size, len(dataset)))]
             x, y = torch.stack([item[0] for item in items]), [int(item[1]) for item in items]
             grid, logits = cam_grid(net, x, y, layers, setting_methods, aug, eigen, reference=last_layer)

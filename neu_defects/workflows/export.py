@@ -25,6 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from rich.progress import track
 
 from neu_defects.core.checkpoint import load_module
 from neu_defects.core.cli import log, quiet_libraries
@@ -77,7 +78,8 @@ def export_detector(cfg: DictConfig, ckpt_path: Path, output: Path) -> dict[str,
     images, _ = split_arrays(datamodule, "test", cfg.parity.images)
     model = detector_to_onnx(module)
     torch_detector, onnx_detector = TorchDetector(module), OnnxDetector(model, output)
-    parity = box_parity([torch_detector.detect(x) for x in images], [onnx_detector.detect(x) for x in images],
+    parity = box_parity([torch_detector.detect(x) for x in track(images, "parity: PyTorch", transient=True)],
+                        [onnx_detector.detect(x) for x in track(images, "parity: ONNX Runtime", transient=True)],
                         cfg.parity.score_floor)
     if (parity["count_mismatches"] or parity["label_mismatches"] or parity["max_box_diff"] > cfg.parity.box_tolerance
             or parity["max_score_diff"] > cfg.parity.tolerance):
@@ -125,7 +127,7 @@ def net_outputs(net, image: np.ndarray) -> list[np.ndarray]:
 
 def output_difference(net, backend: TfliteBackend, images: np.ndarray) -> float:
     worst = 0.0
-    for image in images:
+    for image in track(images, description=f"parity on {len(images)} images", transient=True):
         for ref, got in zip(net_outputs(net, image), backend.run(image), strict=True):
             worst = max(worst, float(np.abs(ref - got.reshape(ref.shape)).max()))
     return worst
@@ -201,7 +203,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     model = to_onnx(module)
     torch_backend, onnx_backend = TorchBackend(module), OnnxBackend(model, output)
-    difference = float(np.abs(predict_logits(torch_backend, images) - predict_logits(onnx_backend, images)).max())
+    difference = float(np.abs(predict_logits(torch_backend, images, progress="parity: PyTorch")
+                              - predict_logits(onnx_backend, images, progress="parity: ONNX Runtime")).max())
     if not difference <= cfg.parity.tolerance:
         raise UserError(f"the ONNX export of {ckpt_path} disagrees with PyTorch: max |logit difference| "
                         f"{difference:.3g} > parity.tolerance={cfg.parity.tolerance} on {len(images)} test images; "
