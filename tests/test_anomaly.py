@@ -28,7 +28,9 @@ def test_oneclass_split_trains_on_normals_only(fixture_root):
     labels = np.array([s.label for s in dm.index.samples])
     train_classes = set(labels[dm.dataset_indices["train"]])
     assert train_classes == {0, 2}
-    assert (dm.datasets["train"].labels == 0).all()
+    # Training targets name the normal class (its position in normal_classes), for per-class models.
+    np.testing.assert_array_equal(dm.datasets["train"].labels,
+                                  (labels[dm.dataset_indices["train"]] == 2).astype(np.int64))
     for split in ("val", "test"):
         targets = dm.datasets[split].labels
         classes = labels[dm.dataset_indices[split]]
@@ -120,6 +122,35 @@ def test_feature_gaussian_scores_outliers_higher_and_round_trips():
                             max_channels=16)
     fresh.load_state_dict(net.state_dict())
     torch.testing.assert_close(fresh(normal[:2])[0], net(normal[:2])[0])
+
+
+def test_per_class_gaussian_flags_what_lies_between_the_normal_classes(monkeypatch):
+    """Two normal classes far apart: one Gaussian around both holds the gap between them as normal;
+    a Gaussian per class does not. Old checkpoints (one Gaussian, no class axis) still load."""
+    torch.manual_seed(0)
+    centres = torch.tensor([[4.0, 0, 0], [-4.0, 0, 0]])
+    normal = torch.cat([centres[m] + 0.3 * torch.randn(40, 3) for m in (0, 1)])[..., None, None]
+    modes = torch.arange(2).repeat_interleave(40)
+    probe = torch.zeros(1, 3, 1, 1)
+    scores = {}
+    for per_class in (False, True):
+        net = FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), per_class=per_class)
+        monkeypatch.setattr(net, "_embed", lambda x: x.mean(dim=(2, 3)))
+        net.update(normal, modes)
+        net.finalize()
+        assert net.mu.shape == (1 + per_class, 3)
+        scores[per_class] = (net(normal)[0], net(probe)[0])
+    single_normal, single_probe = scores[False]
+    per_class_normal, per_class_probe = scores[True]
+    assert single_probe < single_normal.median()
+    assert per_class_probe > 3 * per_class_normal.max()
+
+    legacy = {k: v[0] if k in ("mu", "precision") else v for k, v in net.state_dict().items()}
+    old = FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0))
+    old.load_state_dict(legacy)
+    assert old.mu.shape == (1, 3)
+    with pytest.raises(UserError, match="per_class=true needs model.net.mode=pooled"):
+        FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), mode="patch", per_class=True)
 
 
 @pytest.mark.real_data

@@ -3,7 +3,8 @@
 NEU has no defect-free class, so some classes are declared normal (the surface a line sees every
 day) and every other class is an anomaly. Splits are the classification splits (stratified by
 class, duplicates kept together); training keeps the normal images only, validation and test keep
-both, with target 0 = normal, 1 = anomaly.
+both, with target 0 = normal, 1 = anomaly. Training targets say which normal class an image is
+(its position in ``normal_classes``): nets that model each normal class apart read them.
 
 Validation and test items carry a mask too (``data/masks.py``) when the data has mask files or
 boxes, so anomaly maps are scored pixel by pixel; ``mask_source`` says which (``masks``, ``boxes``
@@ -56,10 +57,11 @@ class OneClassDataModule(NEUDataModule):
 
     def members(self, name: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = self.split_indices(name)
-        anomalous = ~np.isin(labels[idx], self.normal_ids())
+        normal = self.normal_ids()
+        anomalous = ~np.isin(labels[idx], normal)
         if name == "train":
             idx = idx[~anomalous]
-            return idx, np.zeros(len(idx), dtype=np.int64)
+            return idx, np.array([normal.index(label) for label in labels[idx]], dtype=np.int64)
         return idx, anomalous.astype(np.int64)
 
     def make_dataset(self, name: str, images: np.ndarray, positions: np.ndarray, targets: np.ndarray) -> Dataset:

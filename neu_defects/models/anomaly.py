@@ -79,8 +79,8 @@ class AnomalyModule(TaskModule):
         self.net.reset()
 
     def training_step(self, batch, batch_idx):
-        x = batch[0]
-        self.net.update(x)
+        x, modes = batch[0], batch[1]
+        self.net.update(x, modes)
         if not self.net.trainable:
             return None
         if not self.automatic_optimization:

@@ -33,8 +33,9 @@ class AnomalyNet(nn.Module):
     def reset(self) -> None:
         """At the start of every training epoch."""
 
-    def update(self, x: torch.Tensor) -> None:
-        """With every training batch, before ``training_loss``."""
+    def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:
+        """With every training batch, before ``training_loss``; ``modes`` says which normal class
+        (0 .. k-1 of the data's ``normal_classes``) each image is."""
 
     def finalize(self) -> None:
         """After every training epoch, before validation."""

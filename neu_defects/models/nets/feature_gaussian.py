@@ -2,7 +2,13 @@
 
 ``pooled``: one Gaussian of the globally averaged feature vector. ``patch`` (PaDiM-style, Defard et
 al. 2021): one Gaussian per feature-map position, giving an anomaly map; the image score is its
-maximum. Covariances use Ledoit-Wolf shrinkage, since a class has ~200 normal images for
+maximum.
+
+``per_class`` (pooled): one Gaussian per normal class, the score being the distance to the nearest.
+When several NEU classes are normal (leave-one-class-out), their features form as many clusters;
+one Gaussian around all of them spans the gaps between them, where a held-out class can sit.
+
+Covariances use Ledoit-Wolf shrinkage, since a class has ~200 normal images for
 hundreds of feature dimensions. Fitting needs no gradients: ``update`` gathers features batch by
 batch and ``finalize`` solves for means and precisions, which are buffers and travel in checkpoints.
 """
@@ -14,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
+from neu_defects.core.errors import UserError
 from neu_defects.models.nets.base import AnomalyNet
 from neu_defects.models.nets.features import FrozenFeatures
 
@@ -21,11 +28,15 @@ from neu_defects.models.nets.features import FrozenFeatures
 class FeatureGaussian(AnomalyNet):
     trainable = False
 
-    def __init__(self, features: FrozenFeatures, mode: str = "pooled", max_channels: int = 100, seed: int = 0):
+    def __init__(self, features: FrozenFeatures, mode: str = "pooled", max_channels: int = 100, seed: int = 0,
+                 per_class: bool = False):
         super().__init__()
         if mode not in ("pooled", "patch"):
-            raise ValueError(f"mode={mode!r}: use 'pooled' or 'patch'")
-        self.features, self.mode = features, mode
+            raise UserError(f"model.net.mode={mode!r}: use 'pooled' or 'patch'")
+        if per_class and mode != "pooled":
+            raise UserError("model.net.per_class=true needs model.net.mode=pooled: a Gaussian per position "
+                            "and per class would need more normal images than a class has")
+        self.features, self.mode, self.per_class = features, mode, per_class
         self.in_chans, self.mean, self.std = features.in_chans, features.mean, features.std
         c = features.num_channels
         # PaDiM's random channel subset keeps per-position covariances small and well conditioned.
@@ -35,11 +46,15 @@ class FeatureGaussian(AnomalyNet):
         self.register_buffer("mu", torch.zeros(0))
         self.register_buffer("precision", torch.zeros(0))
         self._gathered: list[torch.Tensor] = []
+        self._modes: list[torch.Tensor] = []
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The fitted statistics are sized by the data; take the checkpoint's shapes before loading.
         for name in ("mu", "precision"):
             if prefix + name in state_dict:
+                if self.mode == "pooled" and state_dict[prefix + name].dim() == (1 if name == "mu" else 2):
+                    # Written before per-class Gaussians: the one Gaussian, without its class axis.
+                    state_dict[prefix + name] = state_dict[prefix + name][None]
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -48,17 +63,18 @@ class FeatureGaussian(AnomalyNet):
         return maps.mean(dim=(2, 3)) if self.mode == "pooled" else maps
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:
         self._gathered.append(self._embed(x).cpu())
+        self._modes.append(modes.cpu() if self.per_class and modes is not None else torch.zeros(len(x), dtype=torch.long))
 
     @torch.no_grad()
     def finalize(self) -> None:
-        data = torch.cat(self._gathered).double()
-        self._gathered = []
+        data, modes = torch.cat(self._gathered).double(), torch.cat(self._modes)
+        self._gathered, self._modes = [], []
         if self.mode == "pooled":
-            est = LedoitWolf().fit(data.numpy())
-            self.mu = torch.from_numpy(est.location_).float()
-            self.precision = torch.from_numpy(est.precision_).float()
+            fits = [LedoitWolf().fit(data[modes == m].numpy()) for m in modes.unique()]
+            self.mu = torch.from_numpy(np.stack([est.location_ for est in fits])).float()
+            self.precision = torch.from_numpy(np.stack([est.precision_ for est in fits])).float()
             return
         n, c, h, w = data.shape
         per_position = data.permute(2, 3, 0, 1).reshape(h * w, n, c).numpy()
@@ -76,8 +92,8 @@ class FeatureGaussian(AnomalyNet):
             raise RuntimeError("FeatureGaussian is not fitted: run training (update/finalize) first")
         emb = self._embed(x)
         if self.mode == "pooled":
-            d = emb - self.mu
-            score = torch.einsum("nc,cd,nd->n", d, self.precision, d).clamp_min(0).sqrt()
+            d = emb[:, None] - self.mu
+            score = torch.einsum("nmc,mcd,nmd->nm", d, self.precision, d).clamp_min(0).sqrt().amin(dim=1)
             return score, score[:, None, None, None].expand(-1, 1, *x.shape[-2:])
         d = emb.permute(0, 2, 3, 1) - self.mu
         dist = torch.einsum("nhwc,hwcd,nhwd->nhw", d, self.precision, d).clamp_min(0).sqrt()

@@ -35,7 +35,7 @@ class LatentIsolationForest(AnomalyNet):
         self._gathered = []
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:
         was_training = self.autoencoder.training
         self.autoencoder.eval()
         self._gathered.append(self.autoencoder.encode(x).cpu())

@@ -109,7 +109,7 @@ class PatchCore(AnomalyNet):
         self.model.embedding_store.clear()
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:
         self.model.training = True  # PatchcoreModel gathers the batch's patches in training mode
         try:
             self.model(x)
