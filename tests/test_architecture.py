@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "neu_defects"
-ENTRY_POINTS = ("train", "eval", "export", "predict", "explain", "cam_study", "cam_boxes", "benchmark", "report", "studies")
+ENTRY_POINTS = ("train", "eval", "export", "predict", "explain", "cam_study", "cam_boxes", "benchmark", "report", "studies",
+                "app")
 # A subpackage may import those before it in this order, never one after it.
 LAYERS = ("core", "data", "models", "saliency", "reporting", "deploy", "workflows")
 MAX_LINES = 350

@@ -43,13 +43,20 @@ def annotation_path(folder: str | Path, path: Path, files: list[Path]) -> Path:
     return Path(folder) / path.parent.relative_to(root) / f"{path.stem}.png"
 
 
+def detect_boxes(detector, preprocess: Preprocessor, array: np.ndarray, min_score: float) -> dict[str, np.ndarray]:
+    """A detector's boxes scored at least ``min_score`` in one decoded (H, W, 3) image, in its own pixels."""
+    found = detector.detect(preprocess.prepare(array))
+    keep = found["scores"] >= min_score
+    return {"boxes": scaled(found["boxes"][keep], (preprocess.size, preprocess.size), (array.shape[1], array.shape[0])),
+            "scores": found["scores"][keep], "labels": found["labels"][keep]}
+
+
 def predict_boxes(cfg: DictConfig, files: list[Path]) -> dict[str, Any]:
     """The detector's boxes for every file, in the file's own pixels."""
     if not 0 <= cfg.min_score <= 1:
         raise UserError(f"min_score={cfg.min_score}: pass a score between 0 and 1")
     detector = open_detector(cfg.ckpt_path, cfg.get("backend"))
     preprocess = Preprocessor(detector.spec)
-    frame = (preprocess.size, preprocess.size)
     paths, detections, skipped = [], [], []
     for path in track(files, description=f"detecting in {len(files)} files", transient=True,
                       disable=not cfg.progress):
@@ -58,10 +65,7 @@ def predict_boxes(cfg: DictConfig, files: list[Path]) -> dict[str, Any]:
         except UserError as err:
             skipped.append((str(path), str(err)))
             continue
-        found = detector.detect(preprocess.prepare(array))
-        keep = found["scores"] >= cfg.min_score
-        detection = {"boxes": scaled(found["boxes"][keep], frame, (array.shape[1], array.shape[0])),
-                     "scores": found["scores"][keep], "labels": found["labels"][keep]}
+        detection = detect_boxes(detector, preprocess, array, cfg.min_score)
         paths.append(str(path))
         detections.append(detection)
         if cfg.annotate:
