@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from neu_defects.data.cache import load_images
 from neu_defects.data.dataset import ArrayDataset, EpochShuffleSampler
+from neu_defects.data.download import DEFAULT_URL
 from neu_defects.data.index import DatasetIndex, build_index
 from neu_defects.data.splits import SPLITS, assign_splits, limit_per_class, read_split_csv, write_split_csv
 from neu_defects.data.transforms import build_transform
@@ -36,6 +37,8 @@ class NEUDataModule(LightningDataModule):
         self,
         root: str | None = None,
         layout: str = "auto",
+        download: bool = False,
+        download_url: str = DEFAULT_URL,
         split: str | int = "70_15_15",
         val_fraction: float = 0.1,
         fold: int | None = None,
@@ -57,6 +60,7 @@ class NEUDataModule(LightningDataModule):
     ):
         super().__init__()
         self.root, self.layout = root, layout
+        self.download, self.download_url = download, download_url
         self.split, self.val_fraction, self.fold, self.folds = split, val_fraction, fold, folds
         self.split_file, self.seed = split_file, seed
         self.samples_per_class, self.min_epoch_samples = samples_per_class, min_epoch_samples
@@ -78,7 +82,7 @@ class NEUDataModule(LightningDataModule):
 
     def prepare_index(self) -> DatasetIndex:
         if self.index is None:
-            self.index = build_index(self.root, self.layout)
+            self.index = build_index(self.root, self.layout, download=self.download, download_url=self.download_url)
         return self.index
 
     def split_indices(self, name: str) -> np.ndarray:

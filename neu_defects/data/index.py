@@ -27,6 +27,7 @@ from pathlib import Path
 
 from neu_defects.core.errors import UserError
 from neu_defects.data.annotations import Box, check_box, check_names, read_class_list, read_voc, read_yolo
+from neu_defects.data.download import DEFAULT_URL, DOWNLOAD_HINT, download_neu_det
 from neu_defects.data.io import IMAGE_EXTENSIONS, original_size
 
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
@@ -35,8 +36,6 @@ NEU_CLS_PREFIXES = {"cr": "crazing", "in": "inclusion", "pa": "patches", "ps": "
 LAYOUTS = ("auto", "neu-det", "neu-cls", "folders", "voc", "yolo", "mvtec")
 MVTEC_NORMAL = "good"
 MASK_SUFFIX = "_mask"
-DOWNLOAD_HINT = ("download NEU-CLS or NEU-DET (see README, 'Dataset') and pass data.root=PATH "
-                 "or set NEU_DATA_DIR")
 
 
 
@@ -288,10 +287,18 @@ _READERS = {"neu-det": _index_neu_det, "neu-cls": _index_neu_cls, "folders": _in
             "voc": _index_voc, "yolo": _index_yolo, "mvtec": _index_mvtec}
 
 
-def build_index(root: str | Path | None = None, layout: str = "auto", category: str | None = None) -> DatasetIndex:
+def build_index(root: str | Path | None = None, layout: str = "auto", category: str | None = None,
+                download: bool = False, download_url: str = DEFAULT_URL) -> DatasetIndex:
     """Index the dataset at ``root`` (default: ``default_root()``) in the given or detected layout;
-    ``category`` picks one category of an MVTec AD root that holds several."""
+    ``category`` picks one category of an MVTec AD root that holds several. ``download`` fetches
+    NEU-DET from ``download_url`` into ./data/NEU-DET when neither ``root`` nor NEU_DATA_DIR is given
+    and nothing is there yet."""
+    # A data.root or NEU_DATA_DIR that does not exist is a mistake to report, not a place to fill; and
+    # what the download brings is NEU-DET, which other layouts would not read.
+    fetch = download and not root and not os.environ.get("NEU_DATA_DIR") and layout in ("auto", "neu-det")
     root = Path(root) if root else default_root()
+    if fetch and not root.exists():
+        download_neu_det(root, download_url)
     if layout not in LAYOUTS:
         raise UserError(f"data.layout={layout!r} is not a layout: use one of {', '.join(LAYOUTS)}")
     if not root.is_dir():

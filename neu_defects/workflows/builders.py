@@ -15,6 +15,7 @@ from neu_defects.core.cli import instantiate_dict, log
 from neu_defects.core.errors import UserError
 from neu_defects.data import DatasetIndex, build_index
 from neu_defects.data.corruptions import build_corruption
+from neu_defects.data.download import DEFAULT_URL
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -50,8 +51,10 @@ def build_datamodule(data_cfg: DictConfig, model, index: DatasetIndex, **overrid
 
 
 def data_index(data_cfg: DictConfig) -> DatasetIndex:
-    """The index of the data a data config names (``category``: one MVTec AD category)."""
-    return build_index(data_cfg.root, data_cfg.layout, data_cfg.get("category"))
+    """The index of the data a data config names (``category``: one MVTec AD category; ``download``:
+    fetch NEU-DET on first use)."""
+    return build_index(data_cfg.root, data_cfg.layout, data_cfg.get("category"), data_cfg.get("download", False),
+                       data_cfg.get("download_url", DEFAULT_URL))
 
 
 def build_model_and_data(cfg: DictConfig):
