@@ -50,6 +50,13 @@ def quiet_libraries() -> None:
     # summary table at every validation.
     for name in ("onnxscript", "onnx_ir", "onnxruntime", "faster_coco_eval"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Trackers: MLflow narrates creating its SQLite store (the variable counts when MLflow is imported
+    # later, the level when it already is), Lightning warns that it creates a new experiment (every
+    # sweep's is new), wandb prints a banner; the run logs one line of its own about where it went.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
+    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def user_error(err: BaseException) -> UserError | None:

@@ -20,6 +20,7 @@ from neu_defects.core.io import write_json
 from neu_defects.reporting.anomaly import write_anomaly_outputs
 from neu_defects.reporting.classification import plot_training_curves, write_classification_outputs
 from neu_defects.reporting.detection import write_detection_outputs
+from neu_defects.reporting.tracking import log_to_trackers, prepare_trackers
 from neu_defects.workflows.builders import (
     build_model_and_data,
     build_trainer,
@@ -42,6 +43,7 @@ def write_test_reports(model, datamodule, run_dir: Path) -> None:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     quiet_libraries()
     run_dir = Path(cfg.paths.output_dir)
+    prepare_trackers(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model, datamodule = build_model_and_data(cfg)
     index = datamodule.index
@@ -78,5 +80,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if csv_logs.is_file():
             plot_training_curves(run_dir / "plots" / "training_curves.png", csv_logs)
         write_json(run_dir / "metrics.json", metrics)
+        log_to_trackers(trainer, cfg, run_dir, metrics)
     log.info("%s, fit %.1f s; outputs in %s", headline(metrics, model.main_metric), fit_seconds, run_dir)
     return {**metrics, **val_metrics}, {"model": model, "datamodule": datamodule, "trainer": trainer}
