@@ -149,6 +149,7 @@ def test_per_class_gaussian_flags_what_lies_between_the_normal_classes(monkeypat
     old = FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0))
     old.load_state_dict(legacy)
     assert old.mu.shape == (1, 3)
+    assert not FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), mode="patch").per_class
     with pytest.raises(UserError, match="per_class=true needs model.net.mode=pooled"):
         FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), mode="patch", per_class=True)
 

@@ -4,7 +4,7 @@
 al. 2021): one Gaussian per feature-map position, giving an anomaly map; the image score is its
 maximum.
 
-``per_class`` (pooled): one Gaussian per normal class, the score being the distance to the nearest.
+``per_class`` (pooled, and its default there): one Gaussian per normal class, the score being the distance to the nearest.
 When several NEU classes are normal (leave-one-class-out), their features form as many clusters;
 one Gaussian around all of them spans the gaps between them, where a held-out class can sit.
 
@@ -29,10 +29,12 @@ class FeatureGaussian(AnomalyNet):
     trainable = False
 
     def __init__(self, features: FrozenFeatures, mode: str = "pooled", max_channels: int = 100, seed: int = 0,
-                 per_class: bool = False):
+                 per_class: bool | None = None):
         super().__init__()
         if mode not in ("pooled", "patch"):
             raise UserError(f"model.net.mode={mode!r}: use 'pooled' or 'patch'")
+        if per_class is None:
+            per_class = mode == "pooled"
         if per_class and mode != "pooled":
             raise UserError("model.net.per_class=true needs model.net.mode=pooled: a Gaussian per position "
                             "and per class would need more normal images than a class has")
