@@ -1,4 +1,5 @@
-"""anomalib's models behind AnomalyModule: offline weights, PatchCore's bounded bank, GANomaly's two optimisers."""
+"""anomalib's models behind AnomalyModule: offline weights, PatchCore's bounded bank, GANomaly's two optimisers,
+STFPM's student learning against the frozen offline teacher."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from neu_defects.core.checkpoint import load_module
+from neu_defects.core.errors import UserError
 from neu_defects.models.nets.patchcore import PatchCore
+from neu_defects.models.nets.stfpm import STFPM
 from neu_defects.models.weights import build_backbone
 from neu_defects.workflows.train import train
 
@@ -64,3 +67,64 @@ def test_ganomaly_needs_a_power_of_two():
 
     with pytest.raises(ValueError, match="model.image_size=200: .*power of two"):
         GANomaly(image_size=200)
+
+
+def test_stfpm_teacher_is_the_offline_lite0_and_only_the_student_learns():
+    torch.manual_seed(0)
+    net = STFPM(layers=[1, 2, 3])
+    reference = build_backbone("tf_efficientnet_lite0", pretrained=True).state_dict()
+    teacher = net.model.teacher_model.feature_extractor.state_dict()
+    for name, tensor in teacher.items():
+        torch.testing.assert_close(tensor, reference[name], msg=name)
+    student = net.model.student_model.feature_extractor
+    assert not torch.equal(student.conv_stem.weight, teacher["conv_stem.weight"])  # from scratch
+    before_teacher = {k: v.clone() for k, v in teacher.items()}
+    before_stem = student.conv_stem.weight.detach().clone()
+
+    x = torch.randn(4, 3, 64, 64)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    net.train()
+    loss = net.training_loss(x)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and net.training_loss(x) < loss
+    assert all(p.grad is None for p in net.model.teacher_model.parameters())
+    assert student.conv_stem.weight.grad.abs().sum() > 0
+    after_teacher = net.model.teacher_model.feature_extractor.state_dict()
+    assert all(torch.equal(after_teacher[k], v) for k, v in before_teacher.items())
+    assert not torch.equal(student.conv_stem.weight, before_stem)
+
+    net.eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        score, amap = net(x)
+        single = net(x[1:2])
+    assert score.shape == (3,) and amap.shape == (3, 1, 64, 64)
+    torch.testing.assert_close(score, amap.amax(dim=(1, 2, 3)))
+    # The ONNX export runs at batch 1 (deploy/anomaly.py): an image scores alike alone and in a batch.
+    # The export itself (parity 1e-6) takes 18 s on one core, too slow for this tier.
+    torch.testing.assert_close(single[0], score[1:2])
+    torch.testing.assert_close(single[1], amap[1:2])
+
+
+def test_stfpm_on_mvtec_trains_and_reloads(mvtec_root, tmp_path):
+    run_dir = tmp_path / "stfpm"
+    cfg = compose_cfg("train", ["model=stfpm", "model.image_size=64", "trainer.max_epochs=1", "data=mvtec",
+                                f"data.root={mvtec_root}", "data.category=tiles", "callbacks.progress_bar=null"],
+                      run_dir)
+    metrics, objects = train(cfg)
+    logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/loss" in logged
+    assert 0.0 <= metrics["test/image_auroc"] <= 1.0 and 0.0 <= metrics["test/pixel_auroc"] <= 1.0
+    module = objects["model"]
+    module.load_state_dict(torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"])
+    reloaded = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for got, want in zip(reloaded(x), module.eval()(x), strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_stfpm_names_the_feature_stages_its_backbone_has():
+    with pytest.raises(UserError, match=r"model.net.layers=\[1, 5\]: .* 0 to 4 \(strides 2, 4, 8, 16, 32\)"):
+        STFPM(layers=[1, 5])
