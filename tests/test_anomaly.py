@@ -154,6 +154,26 @@ def test_per_class_gaussian_flags_what_lies_between_the_normal_classes(monkeypat
         FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), mode="patch", per_class=True)
 
 
+def test_feature_gaussian_rotations_make_the_score_rotation_invariant():
+    """With the four quarter turns averaged, an image and its turned copy have one embedding, so
+    they score the same; without them they do not."""
+    torch.manual_seed(0)
+    net = FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1, 2], cache_items=0), rotations=[0, 1, 2, 3])
+    normal = torch.rand(12, 3, 32, 32)
+    net.update(normal)
+    net.finalize()
+    probe = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(net(torch.rot90(probe, 1, dims=(2, 3)))[0], net(probe)[0], rtol=1e-4, atol=1e-4)
+    unturned = FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1, 2], cache_items=0))
+    unturned.load_state_dict(net.state_dict())
+    assert not torch.allclose(unturned(torch.rot90(probe, 1, dims=(2, 3)))[0], unturned(probe)[0], rtol=1e-3)
+    for bad in ([], [0, 4], [1, 1]):
+        with pytest.raises(UserError, match="model.net.rotations"):
+            FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), rotations=bad)
+    with pytest.raises(UserError, match="needs model.net.mode=pooled"):
+        FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), mode="patch", rotations=[0, 1])
+
+
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_feature_gaussian_one_vs_rest_on_real_neu(neu_root, tmp_path):
