@@ -154,6 +154,24 @@ def test_per_class_gaussian_flags_what_lies_between_the_normal_classes(monkeypat
         FeatureGaussian(FrozenFeatures(pretrained=False, layers=[1], cache_items=0), mode="patch", per_class=True)
 
 
+def test_feature_cache_keeps_pooled_vectors_apart_from_maps_within_its_byte_budget():
+    """Pooled features come from the cache as the mean of the maps; the cache holds cache_items
+    maps' worth of bytes, so it keeps many more pooled vectors than maps."""
+    from neu_defects.models.nets import features as features_module
+
+    features_module._CACHE.clear()
+    features_module._CACHE.nbytes = 0
+    net = FrozenFeatures(pretrained=False, layers=[1], cache_items=2)
+    x = torch.rand(6, 3, 32, 32)
+    maps = net(x)
+    assert len(features_module._CACHE) == 2  # two maps fill the budget
+    pooled = net(x, pooled=True)
+    torch.testing.assert_close(pooled, maps.mean(dim=(2, 3)), rtol=1e-2, atol=1e-3)  # maps come back float16
+    torch.testing.assert_close(pooled, net.compute(x).mean(dim=(2, 3)))
+    assert sum(key[-2] for key in features_module._CACHE) == 6  # all six vectors kept, beside the newest map
+    assert features_module._CACHE.nbytes == sum(v.nbytes for v in features_module._CACHE.values())
+
+
 def test_feature_gaussian_rotations_make_the_score_rotation_invariant():
     """With the four quarter turns averaged, an image and its turned copy have one embedding, so
     they score the same; without them they do not."""

@@ -33,7 +33,7 @@ TINY = ["model.net.widths=[8,16,32]", "model.image_size=32", "trainer.max_epochs
 def trained(neu_root, tmp_path_factory):
     """A small CNN trained briefly on NEU-DET (70/15/15): far from perfect, so disagreements would show."""
     run_dir = tmp_path_factory.mktemp("export_run")
-    train(compose_cfg("train", [f"data.root={neu_root}", *TINY], run_dir))
+    train(compose_cfg("train", [f"data.root={neu_root}", "data.split=70_15_15", *TINY], run_dir))
     return run_dir, run_dir / "checkpoints" / "best.ckpt"
 
 

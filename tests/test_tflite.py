@@ -124,7 +124,7 @@ TINY = ["model.net.widths=[16,32,64]", "model.image_size=32", "trainer.max_epoch
 @pytest.fixture(scope="module")
 def trained(neu_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tflite_run")
-    train(compose_cfg("train", [f"data.root={neu_root}", *TINY], run_dir))
+    train(compose_cfg("train", [f"data.root={neu_root}", "data.split=70_15_15", *TINY], run_dir))
     return run_dir / "checkpoints" / "best.ckpt"
 
 

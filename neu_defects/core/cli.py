@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import sys
@@ -106,6 +107,12 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if isinstance(cause, Interrupted):
             raise
         return None
+    finally:
+        # A finished job's trainer and module form reference cycles, and what they hold outside
+        # Python's heap (ONNX Runtime sessions and their arenas, several GB for a frozen backbone)
+        # does not count towards the collector's thresholds: without this, the jobs of a multirun
+        # pile up until memory runs out.
+        gc.collect()
 
 
 def headline(metrics: dict[str, float], main: str) -> str:

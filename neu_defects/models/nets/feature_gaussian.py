@@ -80,7 +80,7 @@ class FeatureGaussian(AnomalyNet):
         if self.mode == "patch":
             return self.features(x)[:, self.channels]
         turns = [torch.rot90(x, k, dims=(2, 3)) if k else x for k in self.rotations]
-        return torch.stack([self.features(t)[:, self.channels].mean(dim=(2, 3)) for t in turns]).mean(dim=0)
+        return torch.stack([self.features(t, pooled=True)[:, self.channels] for t in turns]).mean(dim=0)
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:

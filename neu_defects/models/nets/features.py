@@ -6,7 +6,9 @@ so each position describes a patch rather than a pixel.
 
 The backbone never changes, so its features come from the fastest runtime (``models/frozen.py``:
 ONNX Runtime when installed, ``embed_backend``) and are cached per input image (keyed by its
-pixels): epochs after the first, and later jobs of a multirun in the same process, skip it.
+pixels): epochs after the first, and later jobs of a multirun in the same process, skip it. The
+cache holds up to ``cache_items`` maps' worth of bytes; pooled features (``pooled=True``) are kept
+as vectors, so a model that pools caches every image of NEU in a few MB.
 """
 
 from __future__ import annotations
@@ -24,7 +26,20 @@ from neu_defects.models.frozen import FrozenRunner, Method
 from neu_defects.models.nets.base import channel_stats
 from neu_defects.models.weights import build_backbone
 
-_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+class _Cache(OrderedDict):
+    """Feature tensors by key, the oldest out first once they pass a budget in bytes."""
+
+    nbytes = 0
+
+    def put(self, key: tuple, value: torch.Tensor, budget: int) -> None:
+        self[key] = value
+        self.nbytes += value.nbytes
+        while self.nbytes > budget and len(self) > 1:
+            self.nbytes -= self.popitem(last=False)[1].nbytes
+
+
+_CACHE = _Cache()
 
 
 class FrozenFeatures(nn.Module):
@@ -63,20 +78,29 @@ class FrozenFeatures(nn.Module):
         return F.avg_pool2d(torch.cat(maps, dim=1), 3, stride=1, padding=1, count_include_pad=False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Patch features (N, C, H / stride, W / stride); with ``pooled``, their mean over the
+        positions (N, C), which the cache keeps in a few kB per image instead of a map's hundreds."""
         # An export of the net that holds these features traces the backbone itself.
         if self.exact or torch.onnx.is_in_onnx_export():
-            return self.compute(x)
+            return self._pool(self.compute(x), pooled)
         if self.cache_items <= 0:
-            return self.runner(x)
-        keys = [(*self._cache_tag, hashlib.sha1(xi.cpu().numpy().tobytes()).hexdigest()) for xi in x]
-        missing = [i for i, k in enumerate(keys) if k not in _CACHE]
+            return self._pool(self.runner(x), pooled)
+        keys = [(*self._cache_tag, pooled, hashlib.sha1(xi.cpu().numpy().tobytes()).hexdigest()) for xi in x]
+        found = [_CACHE.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
         if missing:
-            for i, f in zip(missing, self.runner(x[missing]), strict=True):
-                _CACHE[keys[i]] = f.to(torch.float16)
-            while len(_CACHE) > self.cache_items:
-                _CACHE.popitem(last=False)
-        return torch.stack([_CACHE[k] for k in keys]).to(x.dtype)
+            maps = self.runner(x[missing])
+            budget = self.cache_items * maps[0].numel() * 2  # cache_items maps in float16
+            for i, f in zip(missing, self._pool(maps, pooled), strict=True):
+                # Maps are large and float16 is close enough for training; a pooled vector is small.
+                found[i] = f.clone() if pooled else f.to(torch.float16)
+                _CACHE.put(keys[i], found[i], budget)
+        return torch.stack(found).to(x.dtype)
+
+    @staticmethod
+    def _pool(maps: torch.Tensor, pooled: bool) -> torch.Tensor:
+        return maps.mean(dim=(2, 3)) if pooled else maps
 
 
 def exact_features(net: nn.Module) -> nn.Module:
