@@ -170,6 +170,9 @@ def test_feature_cache_keeps_pooled_vectors_apart_from_maps_within_its_byte_budg
     torch.testing.assert_close(pooled, net.compute(x).mean(dim=(2, 3)))
     assert sum(key[-2] for key in features_module._CACHE) == 6  # all six vectors kept, beside the newest map
     assert features_module._CACHE.nbytes == sum(v.nbytes for v in features_module._CACHE.values())
+    twice = torch.rand(1, 3, 32, 32).repeat(2, 1, 1, 1)  # one batch, one image twice
+    net(twice, pooled=True)
+    assert features_module._CACHE.nbytes == sum(v.nbytes for v in features_module._CACHE.values())
 
 
 def test_feature_gaussian_rotations_make_the_score_rotation_invariant():

@@ -109,9 +109,8 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return None
     finally:
         # A finished job's trainer and module form reference cycles, and what they hold outside
-        # Python's heap (ONNX Runtime sessions and their arenas, several GB for a frozen backbone)
-        # does not count towards the collector's thresholds: without this, the jobs of a multirun
-        # pile up until memory runs out.
+        # Python's heap (ONNX Runtime sessions, for one) does not count towards the collector's
+        # thresholds: free it before the next job allocates its own.
         gc.collect()
 
 
