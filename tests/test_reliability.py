@@ -93,9 +93,9 @@ def test_ddp_on_two_cpu_processes_syncs_metrics_over_the_whole_test_split(neu_ro
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    # Every test image is in the report: 45 per class, gathered from both processes.
+    # Every test image of the default 80/20 split is in the report: 60 per class, gathered from both processes.
     report = (run_dir / "classification_report.txt").read_text()
-    assert report.split("accuracy")[1].split()[1] == "270"
+    assert report.split("accuracy")[1].split()[1] == "360"
 
     # One process testing the same checkpoint on the same split gives the metrics DDP synced.
     eval_metrics, _ = evaluate(compose_cfg("eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
