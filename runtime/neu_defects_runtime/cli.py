@@ -70,8 +70,10 @@ def run_watch(answer: Answerer, folder: Path, output: Path, header: list[str], i
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # A service manager stops with SIGTERM: end as Ctrl-C does, rows already written kept.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # A service manager stops with SIGTERM: end as Ctrl-C does, rows already written kept. SIGINT is
+    # set too: a process started in the background of a script inherits it ignored, and Ctrl-C or
+    # `kill -INT` must still stop the watch.
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if args.input is None and args.watch is None:
             raise InputError("nothing to do: pass INPUT (an image, a folder or a glob), --watch DIR, or both")
@@ -93,5 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
