@@ -80,6 +80,8 @@ def test_bad_detector_settings_name_the_value():
         DefectDetector("fcos", trainable_stages=7, pretrained=False)
     with pytest.raises(UserError, match=r"model.net.anchor_sizes=\[32\]: fcos has 5 pyramid levels"):
         DefectDetector("fcos", anchor_sizes=[32], pretrained=False)
+    with pytest.raises(UserError, match=r"model.net.stages=\[2, 9\]: tf_efficientnet_lite0 has feature stages 0..4"):
+        DefectDetector("fcos", stages=[2, 9], pretrained=False)
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,13 @@ from neu_defects.models.nets.base import channel_stats
 from neu_defects.models.weights import build_backbone
 
 
-def check_stages(backbone: nn.Module, name: str, stages: Sequence[int]) -> list[int]:
+def check_stages(backbone: nn.Module, name: str, stages: Sequence[int],
+                 key: str = "model.net.feature_stages") -> list[int]:
+    """``stages`` sorted, or one line naming ``key`` (the config that set them) and the stages there are."""
     count = len(backbone.feature_info)
     stages = [int(i) for i in stages]
     if any(not 0 <= i < count for i in stages) or len(set(stages)) != len(stages):
-        raise UserError(f"model.net.feature_stages={stages}: {name} has feature stages 0..{count - 1} "
+        raise UserError(f"{key}={stages}: {name} has feature stages 0..{count - 1} "
                         f"({', '.join(str(f['num_chs']) for f in backbone.feature_info)} channels); "
                         "list each at most once")
     return sorted(stages)

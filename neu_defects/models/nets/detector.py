@@ -48,7 +48,7 @@ class PyramidBackbone(nn.Module):
                  weights: str | None = None):
         super().__init__()
         self.body = build_backbone(backbone, pretrained, weights, in_chans=3)
-        self.stages = check_stages(self.body, backbone, stages)
+        self.stages = check_stages(self.body, backbone, stages, key="model.net.stages")
         self.body.prune_intermediate_layers(self.stages, prune_head=True)
         count = len(self.body.feature_info)
         if not 0 <= trainable_stages <= count:
