@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 
@@ -122,6 +123,40 @@ def test_checkpoints_are_renamed_into_place(fixture_root, tmp_path, monkeypatch)
         io.save_checkpoint({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+class FallingValidation(L.LightningModule):
+    """Its monitored metric is best after the first epoch and worse after every later one."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", float(self.current_epoch))  # the default monitor, minimised
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_when_the_best_came_earlier(fixture_root, tmp_path):
+    # Lightning 2.6 writes save_last's last.ckpt only when a top-k checkpoint is saved in the same
+    # step: a run that peaked early would resume from its best epoch and lose the rest.
+    cfg = compose_cfg("train", [f"data.root={fixture_root / 'neu-cls'}", "trainer.max_epochs=3",
+                                "callbacks.progress_bar=null", "callbacks.gradcam=null"], tmp_path)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+    build_trainer(cfg, enable_model_summary=False).fit(FallingValidation(), loader, loader)
+    checkpoints = tmp_path / "checkpoints"
+    assert read_checkpoint_epoch(checkpoints / "best.ckpt") == 0
+    assert read_checkpoint_epoch(checkpoints / "last.ckpt") == 2
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def read_checkpoint_epoch(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
 
 
 class Payload:
