@@ -35,6 +35,10 @@ def final_weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
+def read_checkpoint_epoch(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+
+
 @pytest.fixture(scope="module")
 def reference(neu_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference")
@@ -153,10 +157,6 @@ def test_last_checkpoint_is_the_last_epoch_when_the_best_came_earlier(fixture_ro
     assert read_checkpoint_epoch(checkpoints / "best.ckpt") == 0
     assert read_checkpoint_epoch(checkpoints / "last.ckpt") == 2
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
-
-
-def read_checkpoint_epoch(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
 
 
 class Payload:
