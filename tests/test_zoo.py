@@ -10,6 +10,7 @@ import torch
 
 from neu_defects.core.checkpoint import load_module
 from neu_defects.core.errors import UserError
+from neu_defects.models.nets.features import FrozenFeatures
 from neu_defects.models.nets.patchcore import PatchCore
 from neu_defects.models.nets.stfpm import STFPM
 from neu_defects.models.weights import build_backbone
@@ -125,6 +126,12 @@ def test_stfpm_on_mvtec_trains_and_reloads(mvtec_root, tmp_path):
             torch.testing.assert_close(got, want)
 
 
-def test_stfpm_names_the_feature_stages_its_backbone_has():
-    with pytest.raises(UserError, match=r"model.net.layers=\[1, 5\]: .* 0 to 4 \(strides 2, 4, 8, 16, 32\)"):
-        STFPM(layers=[1, 5])
+@pytest.mark.parametrize(("build", "layers", "key"), [
+    (lambda layers: STFPM(layers=layers, pretrained=False), [1, 5], "model.net.layers"),
+    (lambda layers: PatchCore(layers=layers, pretrained=False), [2, 2], "model.net.layers"),
+    (lambda layers: FrozenFeatures(layers=layers, pretrained=False, cache_items=0), [], "model.net.features.layers"),
+], ids=["stfpm-out-of-range", "patchcore-repeated", "features-empty"])
+def test_feature_layers_outside_the_backbone_get_one_line_naming_the_stages(build, layers, key):
+    stages = r"tf_efficientnet_lite0 has feature stages 0\.\.4 \(16, 24, 40, 112, 320 channels at strides 2, 4, 8, 16, 32\)"
+    with pytest.raises(UserError, match=rf"{key}=\{list(layers)}: {stages}; list one or more, each at most once"):
+        build(layers)

@@ -15,14 +15,17 @@ from neu_defects.models.weights import build_backbone
 
 
 def check_stages(backbone: nn.Module, name: str, stages: Sequence[int],
-                 key: str = "model.net.feature_stages") -> list[int]:
+                 key: str = "model.net.feature_stages", allow_empty: bool = False) -> list[int]:
     """``stages`` sorted, or one line naming ``key`` (the config that set them) and the stages there are."""
     count = len(backbone.feature_info)
-    stages = [int(i) for i in stages]
-    if any(not 0 <= i < count for i in stages) or len(set(stages)) != len(stages):
+    stages = list(stages)
+    if ((not stages and not allow_empty) or len(set(stages)) != len(stages)
+            or not all(isinstance(i, int) and 0 <= i < count for i in stages)):
+        channels = ", ".join(str(f["num_chs"]) for f in backbone.feature_info)
+        strides = ", ".join(str(f["reduction"]) for f in backbone.feature_info)
         raise UserError(f"{key}={stages}: {name} has feature stages 0..{count - 1} "
-                        f"({', '.join(str(f['num_chs']) for f in backbone.feature_info)} channels); "
-                        "list each at most once")
+                        f"({channels} channels at strides {strides}); "
+                        f"list {'' if allow_empty else 'one or more, '}each at most once")
     return sorted(stages)
 
 
@@ -55,7 +58,7 @@ class BackboneClassifier(nn.Module):
         self.in_chans, self.num_classes = in_chans, num_classes
         data_config = timm.data.resolve_model_data_config(self.backbone)
         self.mean, self.std = channel_stats(data_config["mean"], in_chans), channel_stats(data_config["std"], in_chans)
-        self.feature_stages = check_stages(self.backbone, backbone, feature_stages)
+        self.feature_stages = check_stages(self.backbone, backbone, feature_stages, allow_empty=True)
         width = self.backbone.num_features + sum(self.backbone.feature_info[i]["num_chs"] for i in self.feature_stages)
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(width, num_classes))
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neu_defects.models.frozen import FrozenRunner, Method
+from neu_defects.models.nets.backbone import check_stages
 from neu_defects.models.nets.base import channel_stats
 from neu_defects.models.weights import build_backbone
 
@@ -51,7 +52,8 @@ class FrozenFeatures(nn.Module):
                  cache_items: int = 4000, embed_backend: str = "auto"):
         super().__init__()
         self.model = build_backbone(backbone, pretrained=pretrained, weights=weights, in_chans=in_chans)
-        self.layers, self.stride, self.cache_items = list(layers), stride, cache_items
+        self.layers = check_stages(self.model, backbone, layers, key="model.net.features.layers")
+        self.stride, self.cache_items = stride, cache_items
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.num_channels = sum(self.model.feature_info[i]["num_chs"] for i in self.layers)

@@ -24,12 +24,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import timm
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from rich.progress import track
 
+from neu_defects.models.nets.backbone import check_stages
 from neu_defects.models.nets.base import AnomalyNet
 from neu_defects.models.nets.zoo import input_stats, load_pretrained_features
+from neu_defects.models.weights import check_backbone_name
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,9 @@ class PatchCore(AnomalyNet):
             raise ValueError(f"model.net.coreset_ratio={coreset_ratio}: give a share of patches in (0, 1]")
         if memory_bank_size < 1:
             raise ValueError(f"model.net.memory_bank_size={memory_bank_size}: give a positive number of patches")
-        self.model = CentredPatchcoreModel(layers=list(layers), backbone=backbone, pre_trained=False,
+        layers = check_stages(timm.create_model(check_backbone_name(backbone), features_only=True), backbone,
+                              layers, key="model.net.layers")
+        self.model = CentredPatchcoreModel(layers=layers, backbone=backbone, pre_trained=False,
                                            num_neighbors=num_neighbors)
         if pretrained:
             load_pretrained_features(self.model.feature_extractor.feature_extractor, backbone, weights, in_chans)

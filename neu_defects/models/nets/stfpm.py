@@ -22,7 +22,7 @@ from anomalib.models.image.stfpm.loss import STFPMLoss
 from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
-from neu_defects.core.errors import UserError
+from neu_defects.models.nets.backbone import check_stages
 from neu_defects.models.nets.base import AnomalyNet
 from neu_defects.models.nets.zoo import input_stats, load_pretrained_features
 from neu_defects.models.weights import check_backbone_name
@@ -46,16 +46,6 @@ class OfflineSTFPMModel(STFPMModel):
         self.anomaly_map_generator = AnomalyMapGenerator()
 
 
-def check_layers(backbone: str, layers: Sequence[int]) -> list[int]:
-    """``layers`` as indices of the feature stages of ``backbone``, or one line naming those it has."""
-    reductions = timm.create_model(backbone, pretrained=False, features_only=True).feature_info.reduction()
-    layers = list(layers)
-    if not layers or not all(isinstance(i, int) and 0 <= i < len(reductions) for i in layers):
-        raise UserError(f"model.net.layers={layers}: give indices of {backbone}'s feature stages, 0 to "
-                        f"{len(reductions) - 1} (strides {', '.join(map(str, reductions))}), e.g. [1, 2, 3]")
-    return layers
-
-
 class STFPM(AnomalyNet):
     # timm's features_only extractors are built for RGB: gray images are repeated to three channels.
     in_chans = 3
@@ -63,7 +53,8 @@ class STFPM(AnomalyNet):
     def __init__(self, backbone: str = "tf_efficientnet_lite0", layers: Sequence[int] = (1, 2, 3),
                  pretrained: bool = True, weights: str | None = None):
         super().__init__()
-        layers = check_layers(check_backbone_name(backbone), layers)
+        layers = check_stages(timm.create_model(check_backbone_name(backbone), features_only=True), backbone,
+                              layers, key="model.net.layers")
         self.model = OfflineSTFPMModel(layers=layers, backbone=backbone)
         if pretrained:
             load_pretrained_features(self.model.teacher_model.feature_extractor, backbone, weights, self.in_chans)
