@@ -24,15 +24,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import timm
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from rich.progress import track
 
-from neu_defects.models.nets.backbone import check_stages
 from neu_defects.models.nets.base import AnomalyNet
-from neu_defects.models.nets.zoo import input_stats, load_pretrained_features
-from neu_defects.models.weights import check_backbone_name
+from neu_defects.models.nets.zoo import check_layers, input_stats, load_pretrained_features
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +91,7 @@ class PatchCore(AnomalyNet):
             raise ValueError(f"model.net.coreset_ratio={coreset_ratio}: give a share of patches in (0, 1]")
         if memory_bank_size < 1:
             raise ValueError(f"model.net.memory_bank_size={memory_bank_size}: give a positive number of patches")
-        layers = check_stages(timm.create_model(check_backbone_name(backbone), features_only=True), backbone,
-                              layers, key="model.net.layers")
+        layers = check_layers(backbone, layers)
         self.model = CentredPatchcoreModel(layers=layers, backbone=backbone, pre_trained=False,
                                            num_neighbors=num_neighbors)
         if pretrained:

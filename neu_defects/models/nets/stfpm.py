@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import timm
 import torch
 from anomalib.models.components import TimmFeatureExtractor
 from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator
@@ -22,10 +21,8 @@ from anomalib.models.image.stfpm.loss import STFPMLoss
 from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
-from neu_defects.models.nets.backbone import check_stages
 from neu_defects.models.nets.base import AnomalyNet
-from neu_defects.models.nets.zoo import input_stats, load_pretrained_features
-from neu_defects.models.weights import check_backbone_name
+from neu_defects.models.nets.zoo import check_layers, input_stats, load_pretrained_features
 
 
 class OfflineSTFPMModel(STFPMModel):
@@ -53,8 +50,7 @@ class STFPM(AnomalyNet):
     def __init__(self, backbone: str = "tf_efficientnet_lite0", layers: Sequence[int] = (1, 2, 3),
                  pretrained: bool = True, weights: str | None = None):
         super().__init__()
-        layers = check_stages(timm.create_model(check_backbone_name(backbone), features_only=True), backbone,
-                              layers, key="model.net.layers")
+        layers = check_layers(backbone, layers)
         self.model = OfflineSTFPMModel(layers=layers, backbone=backbone)
         if pretrained:
             load_pretrained_features(self.model.teacher_model.feature_extractor, backbone, weights, self.in_chans)

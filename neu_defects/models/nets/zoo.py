@@ -8,12 +8,15 @@ package), so the zoo runs offline and on the same ImageNet filters as the rest o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import timm
 from torch import nn
 
 from neu_defects.core.errors import UserError
+from neu_defects.models.nets.backbone import check_stages
 from neu_defects.models.nets.base import channel_stats
-from neu_defects.models.weights import build_backbone
+from neu_defects.models.weights import build_backbone, check_backbone_name
 
 
 def load_pretrained_features(features: nn.Module, backbone: str, weights: str | None, in_chans: int) -> None:
@@ -33,3 +36,9 @@ def input_stats(backbone: str, in_chans: int) -> tuple[tuple[float, ...], tuple[
     """(mean, std) the pretrained filters of ``backbone`` expect, for ``in_chans`` channels."""
     config = timm.data.resolve_model_data_config(timm.create_model(backbone, pretrained=False))
     return channel_stats(config["mean"], in_chans), channel_stats(config["std"], in_chans)
+
+
+def check_layers(backbone: str, layers: Sequence[int]) -> list[int]:
+    """``model.net.layers`` checked against the feature stages of ``backbone`` (its extractor built without weights)."""
+    extractor = timm.create_model(check_backbone_name(backbone), features_only=True)
+    return check_stages(extractor, backbone, layers, key="model.net.layers")
