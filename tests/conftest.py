@@ -6,8 +6,10 @@ let a broken model pass CI.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,8 +19,11 @@ from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Exports of frozen backbones (models/frozen.py) go to a folder of this session, not the user's cache;
-# subprocesses inherit it, so one export serves every test of the session.
-os.environ.setdefault("NEU_DEFECTS_CACHE", tempfile.mkdtemp(prefix="neu_defects_cache_"))
+# subprocesses and xdist workers inherit it, so one export serves every test of the session. The process
+# that made it removes it at exit (each session otherwise left up to 50 MB in the temp folder).
+if "NEU_DEFECTS_CACHE" not in os.environ:
+    os.environ["NEU_DEFECTS_CACHE"] = tempfile.mkdtemp(prefix="neu_defects_cache_")
+    atexit.register(shutil.rmtree, os.environ["NEU_DEFECTS_CACHE"], ignore_errors=True)
 
 # ONNX export, ONNX Runtime inference and the benchmark need the [export] extra (part of [dev], so CI
 # runs them); without it the rest of the suite runs, frozen backbones falling back to eager.
