@@ -66,8 +66,44 @@ def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, t
 def test_ganomaly_needs_a_power_of_two():
     from neu_defects.models.nets.ganomaly import GANomaly
 
-    with pytest.raises(ValueError, match="model.image_size=200: .*power of two"):
-        GANomaly(image_size=200)
+    for size in (200, 16):
+        with pytest.raises(ValueError, match=rf"model.image_size={size}: .*power of two of at least 32"):
+            GANomaly(image_size=size)
+
+
+def test_ganomaly_on_frozen_features_learns_only_its_gan_and_maps_at_input_size():
+    from neu_defects.models.nets.ganomaly import GANomaly
+
+    torch.manual_seed(0)
+    features = FrozenFeatures(layers=[1, 2, 3], cache_items=0, embed_backend="eager")
+    net = GANomaly(image_size=256, in_chans=3, n_features=8, latent_vec_size=16, features=features)
+    assert net.in_chans == 3 and net.mean == features.mean and net.reconstruction(torch.rand(1, 3, 256, 256)) is None
+    groups = {name: list(params) for name, params in net.parameter_groups().items()}
+    optimizers = {name: torch.optim.Adam(params, lr=1e-3) for name, params in groups.items()}
+    backbone = {k: v.clone() for k, v in features.state_dict().items()}
+    generator = {k: v.clone() for k, v in net.model.generator.state_dict().items()}
+
+    def step(name, loss, retain_graph):
+        optimizers[name].zero_grad()
+        loss.backward(retain_graph=retain_graph)
+        optimizers[name].step()
+
+    net.train()
+    x = torch.randn(4, 3, 256, 256)
+    losses = net.adversarial_step(x, step)
+    assert all(torch.isfinite(v) for v in losses.values())
+    # The generator sees the 176 feature channels of stages 1-3 on a 32 x 32 grid, not the pixels.
+    assert net.model.generator.encoder1.input_layers[0].in_channels == 24 + 40 + 112
+    assert all(torch.equal(features.state_dict()[k], v) for k, v in backbone.items())
+    assert any(not torch.equal(net.model.generator.state_dict()[k], v) for k, v in generator.items())
+
+    net.eval()
+    with torch.no_grad():
+        score, amap = net(x[:3])
+    assert score.shape == (3,) and amap.shape == (3, 1, 256, 256) and torch.isfinite(amap).all()
+    for size in (200, 128):  # 128 px gives a 16 x 16 grid: too small for the encoder
+        with pytest.raises(ValueError, match=rf"model.image_size={size}: .*8 x a power of two of at least 32"):
+            GANomaly(image_size=size, in_chans=3, features=features)
 
 
 def test_stfpm_teacher_is_the_offline_lite0_and_only_the_student_learns():
