@@ -10,7 +10,12 @@ from PIL import Image
 
 from neu_defects.core.errors import UserError
 from neu_defects.data.annotations import check_box, voc_to_xyxy, yolo_to_xyxy
-from neu_defects.data.detection import DetectionDataModule, build_detection_transform, scaled
+from neu_defects.data.detection import (
+    DetectionDataModule,
+    DetectionDataset,
+    build_detection_transform,
+    scaled,
+)
 from neu_defects.data.index import build_index
 
 from .conftest import FIXTURE_CLASSES, PER_CLASS, SIZE, fixture_image
@@ -140,6 +145,41 @@ def test_boxes_follow_the_resize_and_the_flips(tmp_path):
     out = shift(image=image, bboxes=np.array([[2, 5, 12, 15], [20, 5, 40, 15]], np.float32), labels=np.array([1, 2]))
     np.testing.assert_allclose(out["bboxes"], [[10, 5, 30, 15]])
     assert list(out["labels"]) == [2]
+
+
+def test_mosaic_tiles_four_training_images_with_their_boxes_and_stays_seeded(fixture_root):
+    # Four flat images of distinct gray levels, each boxed whole with its own class.
+    size, levels = 32, (40, 90, 160, 230)
+    images = np.stack([np.full((size, size, 3), v, np.uint8) for v in levels])
+    boxes = [np.array([[0, 0, size, size]], np.float32)] * 4
+    labels = [np.array([k]) for k in range(4)]
+    mosaic = A.Mosaic(grid_yx=(2, 2), target_size=(size, size), cell_shape=(size, size), p=1.0)
+    dataset = DetectionDataset(images, boxes, labels, build_detection_transform(None, mosaic=mosaic), seed=3, donors=3)
+    seen = set()
+    for i in range(8):
+        image, target = dataset[i]
+        assert image.shape == (3, size, size)
+        for (x0, y0, x1, y1), k in zip(target["boxes"].tolist(), target["labels"].tolist(), strict=True):
+            assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+            # Every pixel under a box is its own image's, so boxes moved with their tiles.
+            tile = image[:, round(y0):round(y1), round(x0):round(x1)]
+            torch.testing.assert_close(tile, torch.full_like(tile, levels[k] / 255))
+        seen.add(frozenset(target["labels"].tolist()))
+        distinct = {round(v * 255) for v in image[0].unique().tolist()}
+        assert len(distinct) >= 2, "a mosaic shows more than one image"
+    assert any(len(labels) >= 2 for labels in seen)
+    first = dataset[5]
+    torch.testing.assert_close(dataset[5][0], first[0])  # (seed, epoch, index) decide the item
+    dataset.epoch = 1
+    assert not torch.equal(dataset[5][0], first[0])
+
+    dm = DetectionDataModule(root=str(fixture_root / "neu-det"), image_size=SIZE, in_chans=3, mean=(0,) * 3,
+                             std=(1,) * 3, mosaic=1.0)
+    dm.setup()
+    assert dm.datasets["train"].donors == 3
+    assert dm.datasets["val"].donors == 0 and dm.datasets["test"].donors == 0  # evaluation sees images as shot
+    with pytest.raises(UserError, match=r"data\.mosaic=1\.5 is a probability"):
+        DetectionDataModule(root=str(fixture_root / "neu-det"), mosaic=1.5)
 
 
 @pytest.mark.real_data
