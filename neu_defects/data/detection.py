@@ -10,9 +10,9 @@ the image, and a box with less than ``min_box_area`` pixels or ``min_visibility`
 after the transform is dropped (its image then trains as that much background).
 
 ``mosaic`` (a probability) adds YOLO's mosaic (Bochkovskiy et al. 2020) before those steps:
-albumentations' ``Mosaic`` lays the image and three others of the training split, each at its own
-scale, on a 2 x 2 grid and crops one input-sized window around a random centre, so an item shows
-defects of several classes cut by new borders. Which three is drawn from (seed, epoch, index), as
+albumentations' ``Mosaic`` lays the image and three others of the training split, each whole at
+input size (its defects keep their scale), on a 2 x 2 grid and crops one input-sized window around
+a random centre, so an item shows defects of several classes cut by new borders. Which three is drawn from (seed, epoch, index), as
 the rest of the item's augmentation is.
 """
 
@@ -112,7 +112,6 @@ class DetectionDataModule(NEUDataModule):
         # Evaluation keeps every box as annotated: a filter there would drop hard boxes from the score.
         mosaic = None
         if train and self.mosaic > 0:
-            # Each cell holds a whole input-sized image, so the crop keeps the defects at their own scale.
             size = (self.image_size, self.image_size)
             mosaic = A.Mosaic(grid_yx=(2, 2), target_size=size, cell_shape=size, p=self.mosaic)
         transform = (build_detection_transform(self.augment, self.min_box_area, self.min_visibility, mosaic) if train
