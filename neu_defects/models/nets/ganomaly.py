@@ -41,30 +41,30 @@ class GANomaly(AnomalyNet):
                  extra_layers: int = 0, add_final_conv_layer: bool = True, wadv: float = 1.0, wcon: float = 50.0,
                  wenc: float = 1.0, features: FrozenFeatures | None = None):
         super().__init__()
-        self.features = features
-        side, channels = image_size, in_chans
-        if features is not None:
+        self.features, self.in_chans = features, in_chans
+        if features is None:
+            stride, channels = 1, in_chans
+            # DCGAN's generator ends in tanh: images in [-1, 1].
+            self.mean = self.std = (0.5,) * in_chans
+        else:
             if in_chans != features.in_chans:
                 raise ValueError(f"model.net.in_chans={in_chans} but the features take {features.in_chans} channels: "
                                  "set model.net.features.in_chans to the same value")
-            side, channels = image_size // features.stride, features.num_channels
+            stride, channels = features.stride, features.num_channels
+            self.mean, self.std = features.mean, features.std
             # Per-channel standardisation of the features, learned from normal images only.
             self.norm = nn.BatchNorm2d(channels, affine=False)
+        side = image_size // stride
         # anomalib's first conv pads by 4, so below 32 the two latent codes come out of different sizes.
-        if side < 32 or side & (side - 1) or (features is not None and side * features.stride != image_size):
-            unit = f"{features.stride} x " if features is not None else ""
+        if side < 32 or side & (side - 1) or side * stride != image_size:
+            unit = f"{stride} x " if stride > 1 else ""
             raise ValueError(f"model.image_size={image_size}: GANomaly's encoder halves its input down to 4 px, "
-                             f"so give {unit}a power of two of at least 32 (e.g. {unit}{64 if features is None else 32})")
+                             f"so give {unit}a power of two of at least 32 (e.g. {unit}{64 if stride == 1 else 32})")
         self.model = GanomalyModel(input_size=(side, side), num_input_channels=channels,
                                    n_features=n_features, latent_vec_size=latent_vec_size, extra_layers=extra_layers,
                                    add_final_conv_layer=add_final_conv_layer)
         self.generator_loss = GeneratorLoss(wadv=wadv, wcon=wcon, wenc=wenc)
         self.discriminator_loss = DiscriminatorLoss()
-        if features is not None:
-            self.in_chans, self.mean, self.std = features.in_chans, features.mean, features.std
-        else:
-            # DCGAN's generator ends in tanh: images in [-1, 1].
-            self.in_chans, self.mean, self.std = in_chans, (0.5,) * in_chans, (0.5,) * in_chans
 
     def generator_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the generator reconstructs: the image, or its squashed standardised features."""
