@@ -167,7 +167,7 @@ def test_mosaic_tiles_four_training_images_with_their_boxes_and_stays_seeded(fix
         seen.add(frozenset(target["labels"].tolist()))
         distinct = {round(v * 255) for v in image[0].unique().tolist()}
         assert len(distinct) >= 2, "a mosaic shows more than one image"
-    assert any(len(labels) >= 2 for labels in seen)
+    assert any(len(shown) >= 2 for shown in seen)
     first = dataset[5]
     torch.testing.assert_close(dataset[5][0], first[0])  # (seed, epoch, index) decide the item
     dataset.epoch = 1
