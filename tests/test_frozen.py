@@ -50,6 +50,26 @@ def test_onnxruntime_matches_eager_for_any_batch_size_and_exports_once(tmp_path,
     assert len(list(tmp_path.glob("tiny-*.onnx"))) == 3
 
 
+def test_onnxruntime_runs_a_large_batch_in_chunks_of_max_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    net = TwoOutputs().eval()
+    runner = FrozenRunner(Method(net, "features"), "tiny", cache_dir=tmp_path, max_batch=2)
+    runner(batch(5))
+    session = next(iter(runner.sessions.values()))
+    seen = []
+
+    class Recording:
+        def run(self, names, feeds):
+            seen.append(len(feeds["input"]))
+            return session.run(names, feeds)
+
+    runner.sessions = {shape: Recording() for shape in runner.sessions}
+    maps, logits = runner(batch(5))
+    assert seen == [2, 2, 1]
+    reference = net.features(batch(5))
+    assert torch.allclose(maps, reference[0], atol=1e-4) and torch.allclose(logits, reference[1], atol=1e-4)
+
+
 def test_a_parity_failure_falls_back_to_channels_last_eager(tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     net = TwoOutputs().eval()
