@@ -11,8 +11,8 @@ module and runs it through ONNX Runtime when it is installed:
   when the export fails, it falls back to eager channels-last with one log line;
 - ``backend="eager"`` skips ONNX Runtime; ``backend="onnxruntime"`` refuses to run without it;
 - ONNX Runtime sees at most ``max_batch`` images a call: its memory arena keeps the activations of
-  the largest batch it has run (Lite0 at 224 px: 3.5 GB after an evaluation batch of 128 images,
-  1.2 GB after 32, at the same images per second).
+  the largest batch it has run, and an evaluation batch is 128 images (a feature-Gaussian job's peak
+  fell from 6.1 to 3.9 GB with the same metrics: experiments/README.md, "Memory").
 
 Outputs are tensors like the module's own (one, or a tuple for several outputs).
 """
