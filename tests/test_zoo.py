@@ -10,6 +10,7 @@ import torch
 
 from neu_defects.core.checkpoint import load_module
 from neu_defects.core.errors import UserError
+from neu_defects.deploy.anomaly import OnnxAnomaly, TorchAnomaly, anomaly_parity, anomaly_to_onnx
 from neu_defects.models.nets.features import FrozenFeatures
 from neu_defects.models.nets.patchcore import PatchCore
 from neu_defects.models.nets.stfpm import STFPM
@@ -42,12 +43,13 @@ def test_patchcore_on_mvtec_bounds_its_bank_and_scores_pixels(mvtec_root, tmp_pa
     assert written["test/image_auroc"] >= 0.9 and written["test/pixel_auroc"] >= 0.9, written
 
 
-def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, tmp_path):
+@pytest.mark.parametrize("score", ["latent", "states"])
+def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, tmp_path, score):
     run_dir = tmp_path / "ganomaly"
     cfg = compose_cfg("train", ["model=ganomaly", "model.image_size=32", "model.net.n_features=8",
-                                "model.net.latent_vec_size=16", "data.normal_classes=[crazing]",
-                                f"data.root={fixture_root / 'neu-det'}", "trainer.max_epochs=2",
-                                "callbacks.progress_bar=null"], run_dir)
+                                "model.net.latent_vec_size=16", f"model.net.score={score}",
+                                "data.normal_classes=[crazing]", f"data.root={fixture_root / 'neu-det'}",
+                                "trainer.max_epochs=2", "callbacks.progress_bar=null"], run_dir)
     metrics, objects = train(cfg)
     module = objects["model"]
     assert not module.automatic_optimization
@@ -55,12 +57,61 @@ def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, t
     logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/generator_loss", "train/discriminator_loss"} <= set(logged)
     assert 0.0 <= metrics["test/image_auroc"] <= 1.0 and 0.0 <= metrics["test/box_pixel_auroc"] <= 1.0
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    # The states' Gaussian travels in the checkpoint, fitted; latent-score checkpoints keep their old keys.
+    assert ("net.state_mean" in best) == (score == "states")
+    if score == "states":
+        assert torch.all(best["net.state_mean"] != 0)
     reloaded = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
     x = torch.rand(3, 1, 32, 32)
     with torch.no_grad():
-        best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
         module.load_state_dict(best)
         torch.testing.assert_close(reloaded(x)[0], module.eval()(x)[0])
+    parity = anomaly_parity(TorchAnomaly(reloaded), OnnxAnomaly(anomaly_to_onnx(reloaded), "memory"),
+                            x.numpy())
+    # Relative: two epochs on the fixture leave states so tight that its distances run into the tens, and the
+    # precision scales float32's rounding with them (on NEU the export's absolute 1e-4 check holds).
+    scale = max(1.0, float(reloaded(x)[0].abs().max()))
+    assert parity["max_score_diff"] <= 1e-4 * scale and parity["max_map_diff"] <= 1e-4, parity
+
+
+def test_ganomaly_states_score_is_the_mahalanobis_distance_to_the_normal_training_states():
+    from neu_defects.models.nets.ganomaly import GANomaly
+
+    torch.manual_seed(0)
+    net = GANomaly(image_size=32, n_features=8, latent_vec_size=16, score="states")
+    normals = torch.rand(20, 1, 32, 32) * 2 - 1
+    net.train()
+    net.update(normals[:12])
+    net.update(normals[12:])
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    running = [m.running_mean.clone() for m in norms]
+    net.finalize()
+    # Fitted in eval mode, so BatchNorm's running statistics are not moved, and train mode is given back.
+    assert net.training and all(torch.equal(m.running_mean, r) for m, r in zip(norms, running, strict=True))
+    net.eval()
+    with torch.no_grad():
+        states = net._states(*net._generate(normals)).double()
+        score, amap = net(normals)
+    torch.testing.assert_close(net.state_mean, states.mean(0).float())
+    # Mahalanobis distances under the maximum-likelihood covariance average the dimension over the fitted set.
+    assert score.pow(2).mean().item() == pytest.approx(3.0, abs=1e-3)
+    offset = states[0] - states.mean(0)
+    expected = offset @ torch.linalg.inv(torch.cov(states.T, correction=0)) @ offset
+    assert score[0].item() == pytest.approx(expected.sqrt().item(), rel=1e-3)
+    assert amap.shape == (20, 1, 32, 32)
+    # A second epoch fits again from its own normals only.
+    net.reset()
+    net.update(normals[:10])
+    net.finalize()
+    torch.testing.assert_close(net.state_mean, states[:10].mean(0).float())
+
+
+def test_ganomaly_refuses_an_unknown_score():
+    from neu_defects.models.nets.ganomaly import GANomaly
+
+    with pytest.raises(UserError, match=r"model.net.score='recon': use 'latent' .* or 'states'"):
+        GANomaly(image_size=32, score="recon")
 
 
 def test_ganomaly_needs_a_power_of_two():

@@ -15,6 +15,17 @@ filters that already tell NEU's textures apart rather than learning them from 21
 one-vs-rest it gains on four classes and loses the mean: experiments/README.md). The features are
 standardised per channel on the normal images and squashed by tanh into the (-1, 1) range of the
 generator's tanh output; the map (their reconstruction error) is upsampled to the input.
+
+``score="states"`` scores an image by how typical its states are rather than by the latent distance
+alone, after DoSE (Morningstar et al., AISTATS 2021): a generative model can fit an input it never
+saw better than its own kind, as likelihood models trained on CIFAR-10 give SVHN higher likelihood
+(Nalisnick et al., ICLR 2019). GANomaly does this on NEU: trained on a busy texture, it encodes and
+reconstructs the plainer ones more faithfully than held-out images of its own, and the one-sided
+latent distance ranks them inverted. The states are three logs per image (latent distance,
+reconstruction L1, distance between the discriminator's features of the image and of its
+reconstruction); after every training epoch a Gaussian is fitted to the states of the normal
+training images, and the score is the Mahalanobis distance to it, so an image is anomalous
+whether it is fitted worse or better than the normals are.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from anomalib.models.image.ganomaly.loss import DiscriminatorLoss, GeneratorLoss
 from anomalib.models.image.ganomaly.torch_model import GanomalyModel
 from torch import nn
 
+from neu_defects.core.errors import UserError
 from neu_defects.models.nets.base import AnomalyNet
 from neu_defects.models.nets.features import FrozenFeatures
 
@@ -39,8 +51,12 @@ class GANomaly(AnomalyNet):
 
     def __init__(self, image_size: int = 64, in_chans: int = 1, n_features: int = 64, latent_vec_size: int = 100,
                  extra_layers: int = 0, add_final_conv_layer: bool = True, wadv: float = 1.0, wcon: float = 50.0,
-                 wenc: float = 1.0, features: FrozenFeatures | None = None):
+                 wenc: float = 1.0, features: FrozenFeatures | None = None, score: str = "latent"):
         super().__init__()
+        if score not in ("latent", "states"):
+            raise UserError(f"model.net.score={score!r}: use 'latent' (GANomaly's latent distance) or 'states' "
+                            "(the typicality of its latent distance, reconstruction error and discriminator features)")
+        self.score = score
         self.features, self.in_chans = features, in_chans
         if features is None:
             stride, channels = 1, in_chans
@@ -65,6 +81,12 @@ class GANomaly(AnomalyNet):
                                    add_final_conv_layer=add_final_conv_layer)
         self.generator_loss = GeneratorLoss(wadv=wadv, wcon=wcon, wenc=wenc)
         self.discriminator_loss = DiscriminatorLoss()
+        if score == "states":
+            # The Gaussian of the normal training images' states, refitted after every epoch. Only then, so
+            # that latent-score checkpoints keep the keys they were written with.
+            self.register_buffer("state_mean", torch.zeros(3))
+            self.register_buffer("state_precision", torch.eye(3))
+        self._normals: list[torch.Tensor] = []
 
     def generator_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the generator reconstructs: the image, or its squashed standardised features."""
@@ -72,6 +94,42 @@ class GANomaly(AnomalyNet):
             return x
         # tanh(z / 2) keeps the order of the values and keeps +-2 sigma clear of the saturation.
         return torch.tanh(self.norm(self.features(x)) / 2)
+
+    def reset(self) -> None:
+        self._normals = []
+
+    def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:
+        if self.score == "states":
+            self._normals.append(x.detach().cpu())
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        # Lightning's sanity check validates before any training epoch has gathered normals.
+        if self.score != "states" or not self._normals:
+            return
+        normals, self._normals = torch.cat(self._normals), []
+        # The states of the weights as they now are, with BatchNorm's running statistics left untouched.
+        training = self.training
+        self.eval()
+        states = torch.cat([self._states(*self._generate(batch.to(self.state_mean.device)))
+                            for batch in normals.split(128)]).double()
+        self.train(training)
+        # Maximum-likelihood covariance: the fitted images' mean squared distance is then exactly 3, their number of states.
+        covariance = torch.cov(states.T, correction=0)
+        self.state_mean.copy_(states.mean(0))
+        self.state_precision.copy_(torch.linalg.pinv(covariance, hermitian=True))
+
+    def _generate(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(generator input, its reconstruction, the two latent codes)."""
+        z = self.generator_input(x)
+        return z, *self.model.generator(z)
+
+    def _states(self, z: torch.Tensor, fake: torch.Tensor, latent_i: torch.Tensor, latent_o: torch.Tensor) -> torch.Tensor:
+        """(N, 3) logs of the latent distance, the reconstruction L1 and the discriminator-feature distance."""
+        real_features, fake_features = self.model.discriminator(z)[1], self.model.discriminator(fake)[1]
+        states = torch.stack([(latent_i - latent_o).pow(2).flatten(1).mean(1), (z - fake).abs().flatten(1).mean(1),
+                              (real_features - fake_features).pow(2).flatten(1).mean(1)], 1)
+        return states.clamp_min(1e-12).log()
 
     def parameter_groups(self) -> dict[str, Iterator[nn.Parameter]]:
         """The parameters each optimiser owns, in the order ``adversarial_step`` steps them."""
@@ -92,10 +150,14 @@ class GANomaly(AnomalyNet):
         return {"generator": generator.detach(), "discriminator": discriminator.detach()}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image score: latent distance, anomaly map: reconstruction error at input resolution)."""
-        z = self.generator_input(x)
-        fake, latent_i, latent_o = self.model.generator(z)
-        score = (latent_i - latent_o).pow(2).flatten(1).mean(1)
+        """(image score: latent distance or states' Mahalanobis distance, anomaly map: reconstruction error
+        at input resolution)."""
+        z, fake, latent_i, latent_o = self._generate(x)
+        if self.score == "states":
+            offset = self._states(z, fake, latent_i, latent_o) - self.state_mean
+            score = torch.einsum("ni,ij,nj->n", offset, self.state_precision, offset).clamp_min(0).sqrt()
+        else:
+            score = (latent_i - latent_o).pow(2).flatten(1).mean(1)
         amap = (z - fake).abs().mean(1, keepdim=True)
         if amap.shape[-2:] != x.shape[-2:]:
             amap = F.interpolate(amap, size=x.shape[-2:], mode="bilinear", align_corners=False)
