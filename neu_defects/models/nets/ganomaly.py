@@ -104,7 +104,7 @@ class GANomaly(AnomalyNet):
 
     @torch.no_grad()
     def finalize(self) -> None:
-        # Lightning's sanity check validates before any training epoch has gathered normals.
+        # A validation before any training epoch (Lightning's sanity check, when enabled) has no normals yet.
         if self.score != "states" or not self._normals:
             return
         normals, self._normals = torch.cat(self._normals), []
