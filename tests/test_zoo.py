@@ -61,7 +61,7 @@ def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, t
     # The states' Gaussian travels in the checkpoint, fitted; latent-score checkpoints keep their old keys.
     assert ("net.state_mean" in best) == (score == "states")
     if score == "states":
-        assert torch.all(best["net.state_mean"] != 0)
+        assert best["net.state_mean"].shape == (1, 3) and torch.all(best["net.state_mean"] != 0)
     reloaded = load_module(run_dir / "checkpoints" / "best.ckpt", task="anomaly")
     x = torch.rand(3, 1, 32, 32)
     with torch.no_grad():
@@ -75,12 +75,14 @@ def test_ganomaly_trains_generator_and_discriminator_and_reloads(fixture_root, t
     assert parity["max_score_diff"] <= 1e-4 * scale and parity["max_map_diff"] <= 1e-4, parity
 
 
-def test_ganomaly_states_score_is_the_mahalanobis_distance_to_the_normal_training_states():
+def test_ganomaly_states_score_is_the_mahalanobis_distance_to_the_nearest_normal_class():
     from neu_defects.models.nets.ganomaly import GANomaly
 
     torch.manual_seed(0)
     net = GANomaly(image_size=32, n_features=8, latent_vec_size=16, score="states")
     normals = torch.rand(20, 1, 32, 32) * 2 - 1
+    with pytest.raises(RuntimeError, match="fitted after a training epoch"):
+        net.eval()(normals)
     net.train()
     net.update(normals[:12])
     net.update(normals[12:])
@@ -93,18 +95,32 @@ def test_ganomaly_states_score_is_the_mahalanobis_distance_to_the_normal_trainin
     with torch.no_grad():
         states = net._states(*net._generate(normals)).double()
         score, amap = net(normals)
-    torch.testing.assert_close(net.state_mean, states.mean(0).float())
+    assert net.state_mean.shape == (1, 3) and amap.shape == (20, 1, 32, 32)
+    torch.testing.assert_close(net.state_mean[0], states.mean(0).float())
     # Mahalanobis distances under the maximum-likelihood covariance average the dimension over the fitted set.
     assert score.pow(2).mean().item() == pytest.approx(3.0, abs=1e-3)
     offset = states[0] - states.mean(0)
     expected = offset @ torch.linalg.inv(torch.cov(states.T, correction=0)) @ offset
     assert score[0].item() == pytest.approx(expected.sqrt().item(), rel=1e-3)
-    assert amap.shape == (20, 1, 32, 32)
-    # A second epoch fits again from its own normals only.
+
+    # Two normal classes (the modes): a Gaussian each, fitted afresh, and an image is as far as the nearest.
+    net.train()
     net.reset()
-    net.update(normals[:10])
+    modes = torch.arange(20) % 2
+    net.update(normals, modes)
     net.finalize()
-    torch.testing.assert_close(net.state_mean, states[:10].mean(0).float())
+    net.eval()
+    with torch.no_grad():
+        score = net(normals)[0]
+    assert net.state_mean.shape == (2, 3) and net.state_precision.shape == (2, 3, 3)
+    distances = []
+    for k in (0, 1):
+        group = states[modes == k]
+        torch.testing.assert_close(net.state_mean[k], group.mean(0).float())
+        offsets = states - group.mean(0)
+        precision = torch.linalg.pinv(torch.cov(group.T, correction=0), hermitian=True)
+        distances.append(torch.einsum("ni,ij,nj->n", offsets, precision, offsets))
+    torch.testing.assert_close(score.double(), torch.stack(distances).amin(0).sqrt(), rtol=1e-3, atol=1e-3)
 
 
 def test_ganomaly_refuses_an_unknown_score():

@@ -23,8 +23,8 @@ saw better than its own kind, as likelihood models trained on CIFAR-10 give SVHN
 reconstructs the plainer ones more faithfully than held-out images of its own, and the one-sided
 latent distance ranks them inverted. The states are three logs per image (latent distance,
 reconstruction L1, distance between the discriminator's features of the image and of its
-reconstruction); after every training epoch a Gaussian is fitted to the states of the normal
-training images, and the score is the Mahalanobis distance to it, so an image is anomalous
+reconstruction); after every training epoch a Gaussian is fitted to the states of each normal
+class's training images, and the score is the Mahalanobis distance to the nearest, so an image is anomalous
 whether it is fitted worse or better than the normals are.
 """
 
@@ -82,11 +82,19 @@ class GANomaly(AnomalyNet):
         self.generator_loss = GeneratorLoss(wadv=wadv, wcon=wcon, wenc=wenc)
         self.discriminator_loss = DiscriminatorLoss()
         if score == "states":
-            # The Gaussian of the normal training images' states, refitted after every epoch. Only then, so
-            # that latent-score checkpoints keep the keys they were written with.
-            self.register_buffer("state_mean", torch.zeros(3))
-            self.register_buffer("state_precision", torch.eye(3))
+            # A Gaussian of the normal training images' states per normal class, refitted after every epoch and
+            # sized by the data. Registered only here, so latent-score checkpoints keep the keys they were written with.
+            self.register_buffer("state_mean", torch.zeros(0, 3))
+            self.register_buffer("state_precision", torch.zeros(0, 3, 3))
         self._normals: list[torch.Tensor] = []
+        self._modes: list[torch.Tensor] = []
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # One Gaussian per normal class: take the checkpoint's number before loading.
+        for name in ("state_mean", "state_precision"):
+            if self.score == "states" and prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def generator_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the generator reconstructs: the image, or its squashed standardised features."""
@@ -96,28 +104,33 @@ class GANomaly(AnomalyNet):
         return torch.tanh(self.norm(self.features(x)) / 2)
 
     def reset(self) -> None:
-        self._normals = []
+        self._normals, self._modes = [], []
 
     def update(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> None:
         if self.score == "states":
             self._normals.append(x.detach().cpu())
+            self._modes.append(torch.zeros(len(x), dtype=torch.long) if modes is None else modes.cpu())
 
     @torch.no_grad()
     def finalize(self) -> None:
         # A validation before any training epoch (Lightning's sanity check, when enabled) has no normals yet.
         if self.score != "states" or not self._normals:
             return
-        normals, self._normals = torch.cat(self._normals), []
+        normals, modes = torch.cat(self._normals), torch.cat(self._modes)
+        self._normals, self._modes = [], []
         # The states of the weights as they now are, with BatchNorm's running statistics left untouched.
         training = self.training
         self.eval()
         states = torch.cat([self._states(*self._generate(batch.to(self.state_mean.device)))
                             for batch in normals.split(128)]).double()
         self.train(training)
-        # Maximum-likelihood covariance: the fitted images' mean squared distance is then exactly 3, their number of states.
-        covariance = torch.cov(states.T, correction=0)
-        self.state_mean.copy_(states.mean(0))
-        self.state_precision.copy_(torch.linalg.pinv(covariance, hermitian=True))
+        # One Gaussian per normal class, as the feature Gaussian's per_class: with several normal textures
+        # (leave-one-out), one Gaussian around all of them counts the space between them as normal.
+        groups = [states[modes == m] for m in modes.unique()]
+        # Maximum-likelihood covariance: a class's mean squared distance is then exactly 3, its number of states.
+        self.state_mean = torch.stack([g.mean(0) for g in groups]).float()
+        self.state_precision = torch.stack([torch.linalg.pinv(torch.cov(g.T, correction=0), hermitian=True)
+                                            for g in groups]).float()
 
     def _generate(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(generator input, its reconstruction, the two latent codes)."""
@@ -154,8 +167,12 @@ class GANomaly(AnomalyNet):
         at input resolution)."""
         z, fake, latent_i, latent_o = self._generate(x)
         if self.score == "states":
-            offset = self._states(z, fake, latent_i, latent_o) - self.state_mean
-            score = torch.einsum("ni,ij,nj->n", offset, self.state_precision, offset).clamp_min(0).sqrt()
+            if self.state_mean.numel() == 0:
+                raise RuntimeError("GANomaly's states Gaussian is fitted after a training epoch: train before scoring "
+                                   "(and keep trainer.num_sanity_val_steps=0)")
+            offset = self._states(z, fake, latent_i, latent_o)[:, None] - self.state_mean
+            distance = torch.einsum("nki,kij,nkj->nk", offset, self.state_precision, offset)
+            score = distance.amin(dim=1).clamp_min(0).sqrt()
         else:
             score = (latent_i - latent_o).pow(2).flatten(1).mean(1)
         amap = (z - fake).abs().mean(1, keepdim=True)
