@@ -24,6 +24,12 @@ def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
     return values * (in_chans // len(values))
 
 
+def nearest_mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(N,) Mahalanobis distance of each row of ``x`` (N, D) to the nearest of K Gaussians: ``mean`` (K, D),
+    ``precision`` (K, D, D)."""
+    offset = x[:, None] - mean
+    return torch.einsum("nkd,kde,nke->nk", offset, precision, offset).clamp_min(0).sqrt().amin(dim=1)
+
 class AnomalyNet(nn.Module):
     trainable = True
     in_chans: int

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
 from neu_defects.core.errors import UserError
-from neu_defects.models.nets.base import AnomalyNet
+from neu_defects.models.nets.base import AnomalyNet, nearest_mahalanobis
 from neu_defects.models.nets.features import FrozenFeatures
 
 
@@ -112,8 +112,7 @@ class FeatureGaussian(AnomalyNet):
             raise RuntimeError("FeatureGaussian is not fitted: run training (update/finalize) first")
         emb = self._embed(x)
         if self.mode == "pooled":
-            d = emb[:, None] - self.mu
-            score = torch.einsum("nmc,mcd,nmd->nm", d, self.precision, d).clamp_min(0).sqrt().amin(dim=1)
+            score = nearest_mahalanobis(emb, self.mu, self.precision)
             return score, score[:, None, None, None].expand(-1, 1, *x.shape[-2:])
         d = emb.permute(0, 2, 3, 1) - self.mu
         dist = torch.einsum("nhwc,hwcd,nhwd->nhw", d, self.precision, d).clamp_min(0).sqrt()

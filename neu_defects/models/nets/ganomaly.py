@@ -39,7 +39,7 @@ from anomalib.models.image.ganomaly.torch_model import GanomalyModel
 from torch import nn
 
 from neu_defects.core.errors import UserError
-from neu_defects.models.nets.base import AnomalyNet
+from neu_defects.models.nets.base import AnomalyNet, nearest_mahalanobis
 from neu_defects.models.nets.features import FrozenFeatures
 
 # step(group name, loss, retain_graph): zero that group's gradients, backpropagate, step its optimiser.
@@ -170,9 +170,7 @@ class GANomaly(AnomalyNet):
             if self.state_mean.numel() == 0:
                 raise RuntimeError("GANomaly's states Gaussian is fitted after a training epoch: train before scoring "
                                    "(and keep trainer.num_sanity_val_steps=0)")
-            offset = self._states(z, fake, latent_i, latent_o)[:, None] - self.state_mean
-            distance = torch.einsum("nki,kij,nkj->nk", offset, self.state_precision, offset)
-            score = distance.amin(dim=1).clamp_min(0).sqrt()
+            score = nearest_mahalanobis(self._states(z, fake, latent_i, latent_o), self.state_mean, self.state_precision)
         else:
             score = (latent_i - latent_o).pow(2).flatten(1).mean(1)
         amap = (z - fake).abs().mean(1, keepdim=True)
