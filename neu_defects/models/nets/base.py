@@ -30,6 +30,7 @@ def nearest_mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Te
     offset = x[:, None] - mean
     return torch.einsum("nkd,kde,nke->nk", offset, precision, offset).clamp_min(0).sqrt().amin(dim=1)
 
+
 class AnomalyNet(nn.Module):
     trainable = True
     in_chans: int

@@ -91,9 +91,10 @@ class GANomaly(AnomalyNet):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # One Gaussian per normal class: take the checkpoint's number before loading.
-        for name in ("state_mean", "state_precision"):
-            if self.score == "states" and prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        if self.score == "states":
+            for name in ("state_mean", "state_precision"):
+                if prefix + name in state_dict:
+                    setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def generator_input(self, x: torch.Tensor) -> torch.Tensor:
